@@ -1,0 +1,1 @@
+"""Ideogram 4 Layout Studio: caption core, model stack, pipeline and Gradio app."""
