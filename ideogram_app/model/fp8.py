@@ -1,0 +1,77 @@
+"""Weight-only FP8 linears in the official Ideogram 4 layout (DiT and Qwen3-VL text encoder alike).
+
+Storage: `<name>.weight` float8_e4m3fn [out, in] and `<name>.weight_scale` float32 [out] (one scale per
+output row), optional `<name>.bias`. The true weight is `weight.float() * weight_scale[:, None]`.
+There is no FP8 matmul here: the weight is widened to the activation dtype and an ordinary GEMM runs,
+which works on every device. Two ways to use it:
+- keep `Fp8Linear` modules (half the memory of bf16, a dequantise per forward), or
+- `dequantize_fp8(weight, scale, dtype)` once at load into a plain `nn.Linear` (faster per step).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FP8_DTYPE = torch.float8_e4m3fn
+
+# Rows dequantised per chunk: bounds the fp32 temporary to this many rows instead of the whole matrix.
+_DEQUANT_CHUNK_ELEMENTS = 1 << 24
+
+
+def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`(weight.float() * scale[:, None]).to(dtype)`, computed in row chunks to bound the fp32 temporary."""
+    if weight.dim() != 2 or scale.shape != (weight.shape[0],):
+        raise ValueError(f"fp8 weight {tuple(weight.shape)} needs a 1-D scale of {weight.shape[0]} rows, got {tuple(scale.shape)}")
+    out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+    rows = max(1, _DEQUANT_CHUNK_ELEMENTS // max(1, weight.shape[1]))
+    for start in range(0, weight.shape[0], rows):
+        stop = start + rows
+        out[start:stop] = (weight[start:stop].float() * scale[start:stop, None].float()).to(dtype)
+    return out
+
+
+class Fp8Linear(nn.Module):
+    """A Linear whose weight stays float8_e4m3fn in memory and is widened on every forward."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=FP8_DTYPE, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize_fp8(self.weight, self.weight_scale, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantize(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8_e4m3"
+
+
+def fp8_linear_names(keys: Iterable[str]) -> set[str]:
+    """Module names that carry an fp8 scale, i.e. `X` for every stored `X.weight_scale`."""
+    return {key[: -len(".weight_scale")] for key in keys if key.endswith(".weight_scale")}
+
+
+def swap_linears_for_fp8(module: nn.Module, names: Iterable[str]) -> nn.Module:
+    """Replace the `nn.Linear` submodules named in `names` by `Fp8Linear` shells (in place, same device).
+
+    Typical use: build the model on the meta device, swap the Linears named by
+    `fp8_linear_names(header)`, then stream the checkpoint in with `assign_state_dict`.
+    """
+    for name in sorted(set(names)):
+        parent_name, _, child_name = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        linear = getattr(parent, child_name, None)
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"{name!r} is an fp8 layer in the checkpoint but {type(linear).__name__} in {type(module).__name__}, not nn.Linear")
+        bias_dtype = linear.bias.dtype if linear.bias is not None else torch.bfloat16
+        setattr(parent, child_name, Fp8Linear(linear.in_features, linear.out_features, linear.bias is not None, linear.weight.device, bias_dtype))
+    return module

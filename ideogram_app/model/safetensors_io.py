@@ -1,0 +1,178 @@
+"""Header-only inspection and bounded-memory streaming of safetensors checkpoints.
+
+Why not `safetensors.torch.load_file`: it memory-maps the file, and every page it touches stays in the
+process's resident set on top of the copies it returns, so a 9 B model would briefly need two copies in
+host RAM. Here each tensor is read with plain `readinto` into its final CPU buffer (page cache is not
+part of RSS), converted to the target device/dtype, and assigned into a module that was built on the
+meta device. Peak host memory is the model's bytes on the target plus one tensor in flight.
+
+Public API:
+- `TensorInfo`, `read_header(file)`, `read_headers(files)` — names, dtypes and shapes, no data read.
+- `resolve_safetensors(path, subfolder)` — repo folder / component folder / file / shard index → files.
+- `iter_tensors(files, names=None)` — yields `(name, cpu_tensor)` one at a time, file dtype.
+- `assign_state_dict(module, state)` — strict `load_state_dict(assign=True)` with a precise error.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives and what it is, read from the header only."""
+
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in `file`
+    nbytes: int
+
+
+def read_header(file: str | Path) -> dict[str, TensorInfo]:
+    """Parse a .safetensors header (8-byte little-endian length + JSON) without reading tensor data."""
+    file = Path(file)
+    with open(file, "rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) != 8:
+            raise ValueError(f"{file}: not a safetensors file (shorter than 8 bytes)")
+        (header_len,) = struct.unpack("<Q", raw_len)
+        if header_len > _MAX_HEADER_BYTES:
+            raise ValueError(f"{file}: not a safetensors file (header length {header_len} is implausible)")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{file}: safetensors header is not valid JSON ({exc})") from None
+    data_start = 8 + header_len
+    infos: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype_name = entry.get("dtype")
+        if dtype_name not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{file}: tensor {name!r} has unsupported dtype {dtype_name!r}")
+        begin, end = entry["data_offsets"]
+        infos[name] = TensorInfo(file, SAFETENSORS_DTYPES[dtype_name], tuple(entry["shape"]), data_start + begin, end - begin)
+    return infos
+
+
+def read_headers(files: Iterable[str | Path]) -> dict[str, TensorInfo]:
+    """Merged headers of several shards; a key stored twice is an error (it would be ambiguous)."""
+    merged: dict[str, TensorInfo] = {}
+    for file in files:
+        for name, info in read_header(file).items():
+            if name in merged:
+                raise ValueError(f"tensor {name!r} appears in both {merged[name].file} and {info.file}")
+            merged[name] = info
+    return merged
+
+
+def _files_in_folder(folder: Path) -> list[Path] | None:
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if indexes:
+        weight_map = json.loads(indexes[0].read_text())["weight_map"]
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    files = sorted(folder.glob("*.safetensors"))
+    return files or None
+
+
+def resolve_safetensors(path: str | Path, subfolder: str | None = None) -> list[Path]:
+    """Resolve `path` to the component's safetensors file(s).
+
+    `path` may be a `.safetensors` file, a `.safetensors.index.json` shard index, a component folder
+    holding the file(s), or a repo root whose `subfolder` holds them.
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.name.endswith(".safetensors.index.json"):
+            weight_map = json.loads(path.read_text())["weight_map"]
+            return [path.parent / name for name in sorted(set(weight_map.values()))]
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: expected a .safetensors file, a shard index or a folder")
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if subfolder and (path / subfolder).is_dir():
+        files = _files_in_folder(path / subfolder)
+        if files:
+            return files
+    files = _files_in_folder(path)
+    if files:
+        return files
+    where = f"{path / subfolder} or {path}" if subfolder else str(path)
+    raise FileNotFoundError(f"no .safetensors file found in {where}")
+
+
+def read_tensor(info: TensorInfo, handle=None) -> torch.Tensor:
+    """Read one tensor into a fresh CPU buffer with plain reads (no mmap), in its stored dtype."""
+    buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+    own = handle is None
+    f = open(info.file, "rb") if own else handle
+    try:
+        f.seek(info.start)
+        if info.nbytes and f.readinto(memoryview(buffer.numpy())) != info.nbytes:
+            raise ValueError(f"{info.file}: truncated data for a tensor at offset {info.start}")
+    finally:
+        if own:
+            f.close()
+    if info.dtype == torch.bool:
+        return buffer.view(torch.bool).reshape(info.shape)
+    return buffer.view(info.dtype).reshape(info.shape)
+
+
+def iter_tensors(infos: Mapping[str, TensorInfo], names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield `(name, cpu tensor)` one at a time in file order, so the caller can convert and drop each."""
+    wanted = list(infos) if names is None else list(names)
+    wanted.sort(key=lambda n: (str(infos[n].file), infos[n].start))
+    handles: dict[Path, object] = {}
+    try:
+        for name in wanted:
+            info = infos[name]
+            if info.file not in handles:
+                handles[info.file] = open(info.file, "rb")
+            yield name, read_tensor(info, handles[info.file])
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+def assign_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """Strictly assign `state` into a (meta-initialised) module; the tensors become the parameters."""
+    current = module.state_dict(keep_vars=True)
+    expected = set(current)
+    missing = sorted(expected - state.keys())
+    unexpected = sorted(state.keys() - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{where}: state dict does not match {type(module).__name__}: "
+            f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''} ({len(missing)} total), "
+            f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''} ({len(unexpected)} total)"
+        )
+    for name, tensor in state.items():
+        target = current[name]
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise ValueError(f"{where}: tensor {name!r} has shape {tuple(tensor.shape)}, model expects {tuple(target.shape)}")
+    module.load_state_dict(state, strict=True, assign=True)

@@ -1,0 +1,72 @@
+"""Fp8Linear and the Linear swap, checked against the defining formula on real float8 tensors."""
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ideogram_app.model.fp8 import Fp8Linear, dequantize_fp8, fp8_linear_names, swap_linears_for_fp8
+from ideogram_app.model.safetensors_io import assign_state_dict, iter_tensors, read_header
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = w.abs().amax(dim=1).float() / 448.0
+    return (w / scale[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn), scale
+
+
+def test_dequantize_equals_formula_exactly():
+    torch.manual_seed(0)
+    w8, scale = quantize_rows(torch.randn(37, 53))
+    ref = w8.float() * scale[:, None]
+    assert torch.equal(dequantize_fp8(w8, scale, torch.float32), ref)
+    assert torch.equal(dequantize_fp8(w8, scale, torch.bfloat16), ref.to(torch.bfloat16))
+
+
+def test_dequantize_in_chunks_matches_whole(monkeypatch):
+    import ideogram_app.model.fp8 as fp8
+
+    torch.manual_seed(1)
+    w8, scale = quantize_rows(torch.randn(50, 16))
+    monkeypatch.setattr(fp8, "_DEQUANT_CHUNK_ELEMENTS", 16 * 7)  # 7 rows per chunk, ragged last chunk
+    assert torch.equal(fp8.dequantize_fp8(w8, scale, torch.float32), w8.float() * scale[:, None])
+
+
+def test_dequantize_rejects_2d_scale():
+    w8, scale = quantize_rows(torch.randn(4, 8))
+    with pytest.raises(ValueError, match="1-D scale of 4 rows"):
+        dequantize_fp8(w8, scale[:, None], torch.float32)
+
+
+def test_fp8_linear_forward_matches_dense_linear():
+    torch.manual_seed(2)
+    w8, scale = quantize_rows(torch.randn(12, 20))
+    layer = Fp8Linear(20, 12, bias=True, dtype=torch.float32)
+    layer.weight.copy_(w8)
+    layer.weight_scale.copy_(scale)
+    layer.bias.data.normal_()
+    x = torch.randn(3, 5, 20)
+    expected = x @ (w8.float() * scale[:, None]).T + layer.bias
+    torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
+    assert layer.weight.dtype == torch.float8_e4m3fn
+
+
+def test_swap_then_stream_a_real_fp8_file(tmp_path):
+    torch.manual_seed(3)
+    w8, scale = quantize_rows(torch.randn(6, 4))
+    path = tmp_path / "m.safetensors"
+    save_file({"0.weight": w8, "0.weight_scale": scale, "0.bias": torch.randn(6), "1.weight": torch.randn(2, 6)}, path)
+    header = read_header(path)
+    assert fp8_linear_names(header) == {"0"}
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2, bias=False))
+    swap_linears_for_fp8(model, fp8_linear_names(header))
+    assign_state_dict(model, dict(iter_tensors(header)))
+    assert isinstance(model[0], Fp8Linear) and isinstance(model[1], nn.Linear)
+    x = torch.randn(2, 4)
+    expected = (x @ (w8.float() * scale[:, None]).T + model[0].bias) @ model[1].weight.T
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_swap_refuses_a_non_linear():
+    model = nn.Sequential(nn.LayerNorm(4))
+    with pytest.raises(ValueError, match="'0' is an fp8 layer .* LayerNorm"):
+        swap_linears_for_fp8(model, {"0"})
