@@ -1,0 +1,157 @@
+"""Memory modes and the memory estimate shown before a model is loaded.
+
+A mode is one `MemoryPlan` object that the pipeline asks two questions: where to load weights
+(`storage_device`) and how to run a component (`running(module)`), so no other code branches on
+the mode. Layer streaming can later be another plan with a finer-grained `running`.
+
+- `full`: every component lives on the device (fastest; needs the sum of all weights).
+- `offload`: components wait in CPU RAM and visit the device only while they run; the peak is the
+  largest component (one DiT) plus activations.
+- `cpu`: everything on the CPU (tiny models, debugging).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+from torch import nn
+
+from ideogram_app.model.safetensors_io import read_headers, resolve_safetensors
+
+MemoryMode = Literal["full", "offload", "cpu"]
+MEMORY_MODES: tuple[str, ...] = ("full", "offload", "cpu")
+Fp8Mode = Literal["keep", "dequantize"]
+
+COMPONENTS = ("transformer", "unconditional_transformer", "text_encoder", "vae")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    mode: MemoryMode
+    device: torch.device  # where components compute
+    storage_device: torch.device  # where they wait between uses
+
+    @classmethod
+    def create(cls, mode: str = "full", device: str | torch.device | None = None) -> "MemoryPlan":
+        if mode not in MEMORY_MODES:
+            raise ValueError(f"memory mode {mode!r} is unknown; choose one of {', '.join(MEMORY_MODES)}")
+        if mode == "cpu":
+            return cls("cpu", torch.device("cpu"), torch.device("cpu"))
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        storage = device if mode == "full" else torch.device("cpu")
+        return cls(mode, device, storage)  # type: ignore[arg-type]
+
+    @contextmanager
+    def running(self, module: nn.Module) -> Iterator[nn.Module]:
+        """Have `module` on the compute device for the duration of the block."""
+        if self.storage_device == self.device:
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to(self.storage_device)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+# Runtime weight bytes of the published repos (performance.md §2.4), for ids not downloaded yet.
+_GB = 10**9
+KNOWN_WEIGHTS: dict[str, dict[str, int]] = {
+    "fp8": {"transformer": int(9.28 * _GB), "unconditional_transformer": int(9.28 * _GB),
+            "text_encoder": int(7.57 * _GB), "vae": int(0.17 * _GB)},
+    "bf16": {"transformer": int(18.56 * _GB), "unconditional_transformer": int(18.56 * _GB),
+             "text_encoder": int(15.14 * _GB), "vae": int(0.17 * _GB)},
+    "nf4": {"transformer": int(5.5 * _GB), "unconditional_transformer": int(5.5 * _GB),
+            "text_encoder": int(4.0 * _GB), "vae": int(0.17 * _GB)},
+}
+
+# Real-model widths used by the activation estimate (spec §2.1, §5.1, §6.1).
+_EMB, _FFN, _TEXT_FEATURES, _VAE_TOP_CHANNELS = 4608, 12288, 53248, 128
+
+
+def weight_bytes_from_files(repo: str | Path, fp8: Fp8Mode = "keep", dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
+    """Bytes each component will occupy once loaded, from the safetensors headers (no data read).
+
+    fp8 tensors count one byte when kept, `dtype`'s size when dequantised (their scales then vanish);
+    packed 4-bit data counts as stored; other floats are cast to `dtype`. The text encoder's vision
+    tower is never loaded and is not counted.
+    """
+    width = torch.tensor([], dtype=dtype).element_size()
+    out = {}
+    for component in COMPONENTS:
+        try:
+            infos = read_headers(resolve_safetensors(Path(repo) / component))
+        except FileNotFoundError:
+            continue
+        total = 0
+        for name, info in infos.items():
+            if component == "text_encoder" and name.startswith("visual."):
+                continue
+            numel = 1
+            for dim in info.shape:
+                numel *= dim
+            if info.dtype == torch.float8_e4m3fn:
+                total += numel * (1 if fp8 == "keep" else width)
+            elif name.endswith(".weight_scale") and fp8 == "dequantize":
+                continue
+            elif info.dtype.is_floating_point and not name.endswith(".weight_scale"):
+                total += numel * width
+            else:
+                total += info.nbytes
+        out[component] = total
+    return out
+
+
+def activation_bytes(height: int, width: int, num_images: int = 1, text_tokens: int = 1024, bytes_per: int = 2) -> dict[str, int]:
+    """Rough activation peaks per phase for the real model (residual stream, SwiGLU, VAE feature maps)."""
+    tokens = text_tokens + (height // 16) * (width // 16)
+    return {
+        "text_encoder": text_tokens * _TEXT_FEATURES * 4,
+        "dit": num_images * tokens * (8 * _EMB + 3 * _FFN) * bytes_per,
+        "vae": num_images * height * width * _VAE_TOP_CHANNELS * bytes_per * 4,
+    }
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    device_bytes: int  # peak on the accelerator
+    host_bytes: int  # CPU RAM held by weights (and activations in cpu mode)
+
+    def describe(self) -> str:
+        def gb(n: int) -> str:
+            return f"{n / _GB:.1f} GB"
+
+        if self.device_bytes == 0:
+            return f"CPU only: about {gb(self.host_bytes)} of RAM"
+        return f"about {gb(self.device_bytes)} of GPU memory and {gb(self.host_bytes)} of RAM"
+
+
+def estimate_memory(
+    weights: dict[str, int],
+    mode: MemoryMode,
+    height: int = 1024,
+    width: int = 1024,
+    num_images: int = 1,
+    text_tokens: int = 1024,
+) -> MemoryEstimate:
+    """Peak memory of one generation under `mode`, from per-component weight bytes."""
+    act = activation_bytes(height, width, num_images, text_tokens)
+    dits = [weights.get(name, 0) for name in ("transformer", "unconditional_transformer")]
+    phases = {
+        "text_encoder": weights.get("text_encoder", 0) + act["text_encoder"],
+        "dit": max(dits) + act["dit"],
+        "vae": weights.get("vae", 0) + act["vae"],
+    }
+    total = sum(weights.values())
+    if mode == "full":
+        return MemoryEstimate(total + max(act.values()), 0)
+    if mode == "offload":
+        return MemoryEstimate(max(phases.values()), total)
+    if mode == "cpu":
+        return MemoryEstimate(0, total + max(act.values()))
+    raise ValueError(f"memory mode {mode!r} is unknown; choose one of {', '.join(MEMORY_MODES)}")
