@@ -1,0 +1,278 @@
+"""The caption rules (ideogram4-model.md §8.1) as constants plus the structural checks on a parsed
+caption. `verify` adds the checks that need the raw text; `Caption.from_dict` reuses these checks
+so the model and the verifier can never disagree about what a valid caption is.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .issues import Issue
+
+TOP_KEYS = ("high_level_description", "style_description", "compositional_deconstruction")
+PHOTO_STYLE_KEYS = ("aesthetics", "lighting", "photo", "medium", "color_palette")
+ART_STYLE_KEYS = ("aesthetics", "lighting", "medium", "art_style", "color_palette")
+STYLE_REQUIRED = ("aesthetics", "lighting", "medium")
+COMPOSITION_KEYS = ("background", "elements")
+OBJ_KEYS = ("type", "bbox", "desc", "color_palette")
+TEXT_KEYS = ("type", "bbox", "text", "desc", "color_palette")
+ELEMENT_KEYS = {"obj": OBJ_KEYS, "text": TEXT_KEYS}
+STYLE_PALETTE_MAX = 16
+ELEMENT_PALETTE_MAX = 5
+BBOX_GRID = 1000
+
+# code -> severity. Policy: what `to_json` repairs by itself is a warning; what needs a human
+# decision is an error (unknown keys included: the model draws them as junk).
+CODES: dict[str, str] = {
+    "json_syntax": "error",
+    "not_an_object": "error",
+    "duplicate_key": "error",
+    "unknown_key": "error",
+    "missing_field": "error",
+    "wrong_type": "error",
+    "style_kind": "error",
+    "element_type": "error",
+    "bbox_shape": "error",
+    "bbox_range": "error",
+    "bbox_order": "error",
+    "bbox_empty": "error",
+    "palette_length": "error",
+    "color_format": "error",
+    "empty_text": "error",
+    "literal_escape": "error",
+    "duplicate_element": "error",
+    "key_order": "warning",
+    "color_case": "warning",
+    "unicode_escape": "warning",
+    "not_compact": "warning",
+    "double_encoded": "warning",
+    "missing_description": "warning",
+    "plain_text": "warning",
+}
+
+# Codes whose problem cannot be held by the dataclasses: `Caption.from_dict` refuses these.
+STRUCTURAL_CODES = frozenset({"not_an_object", "duplicate_key", "missing_field", "wrong_type", "element_type", "bbox_shape"})
+
+HEX_COLOR = re.compile(r"#[0-9A-Fa-f]{6}")
+LITERAL_ESCAPE = re.compile(r"\\u[0-9A-Fa-f]{4}")
+
+
+def issue(code: str, path: str, message: str) -> Issue:
+    return Issue(code, path, message, CODES[code])  # type: ignore[arg-type]
+
+
+def join_path(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def check_caption(data: Any) -> list[Issue]:
+    """All rules that can be checked on the parsed value (dict order included)."""
+    out: list[Issue] = []
+    if not isinstance(data, dict):
+        out.append(issue("not_an_object", "", f"a caption is a JSON object, got {type_name(data)}; "
+                         "wrap the content as {\"compositional_deconstruction\": {...}}"))
+        return out
+    _check_keys(data, TOP_KEYS, "", out)
+    if "high_level_description" in data:
+        _check_text(data["high_level_description"], "high_level_description", out)
+    else:
+        out.append(issue("missing_description", "high_level_description",
+                         "no high_level_description; add one sentence naming the medium and the subject "
+                         "(optional, but the model was trained with it)"))
+    if "style_description" in data:
+        _check_style(data["style_description"], "style_description", out)
+    if "compositional_deconstruction" in data:
+        _check_composition(data["compositional_deconstruction"], "compositional_deconstruction", out)
+    else:
+        out.append(issue("missing_field", "compositional_deconstruction",
+                         "compositional_deconstruction is required; add "
+                         "{\"background\": \"...\", \"elements\": [...]}"))
+    return out
+
+
+def _check_keys(obj: dict, canonical: tuple[str, ...] | None, path: str, out: list[Issue],
+                allowed: tuple[str, ...] | None = None, hint: str = "") -> None:
+    """Unknown keys (errors) and the order of the known ones (a warning `to_json` fixes)."""
+    allowed = allowed or canonical or ()
+    for key in obj:
+        if key not in allowed:
+            where = f" in {path}" if path else " at the top level"
+            extra = (" (aspect_ratio belongs to the image size setting, not the caption)"
+                     if key == "aspect_ratio" else hint if key == "text" else "")
+            out.append(issue("unknown_key", join_path(path, key),
+                             f"unknown key {key!r}{where}: the model renders unknown keys as junk; delete it "
+                             f"or move its content into a known field (allowed: {', '.join(allowed)}){extra}"))
+    if canonical is None:
+        return
+    present = [key for key in obj if key in canonical]
+    expected = [key for key in canonical if key in obj]
+    if present != expected:
+        out.append(issue("key_order", path, f"keys are in the order {', '.join(present)}; the model was trained on "
+                         f"{', '.join(expected)}. Reorder them (`format` / to_json does this)"))
+
+
+def _check_text(value: Any, path: str, out: list[Issue]) -> None:
+    if not isinstance(value, str):
+        out.append(issue("wrong_type", path, f"expected a string, got {type_name(value)}; write it as \"...\""))
+        return
+    if not value.strip():
+        out.append(issue("empty_text", path, "is empty; describe it in words, or delete the field/element"))
+    match = LITERAL_ESCAPE.search(value)
+    if match:
+        out.append(issue("literal_escape", path,
+                         f"contains the literal characters {match.group()!r}, which the model would draw as text; "
+                         "replace the escape with the character itself (e.g. © instead of \\u00a9)"))
+
+
+def _check_style(style: Any, path: str, out: list[Issue]) -> None:
+    if not isinstance(style, dict):
+        out.append(issue("wrong_type", path, f"expected an object, got {type_name(style)}; "
+                         "style_description holds aesthetics, lighting, photo or art_style, medium, color_palette"))
+        return
+    has_photo, has_art = "photo" in style, "art_style" in style
+    canonical = PHOTO_STYLE_KEYS if has_photo and not has_art else ART_STYLE_KEYS if has_art and not has_photo else None
+    _check_keys(style, canonical, path, out, allowed=PHOTO_STYLE_KEYS + ("art_style",))
+    if has_photo and has_art:
+        out.append(issue("style_kind", path, "has both photo and art_style; keep photo for photographs or "
+                         "art_style for everything else, and delete the other"))
+    elif not has_photo and not has_art:
+        out.append(issue("style_kind", path, "needs exactly one of photo (camera details for a photograph) or "
+                         "art_style (for illustration, render, design); add one"))
+    for key in STYLE_REQUIRED:
+        if key not in style:
+            out.append(issue("missing_field", join_path(path, key),
+                             f"{key} is required in style_description; add it or delete the whole style block"))
+    for key in ("aesthetics", "lighting", "photo", "medium", "art_style"):
+        if key in style:
+            _check_text(style[key], join_path(path, key), out)
+    if "color_palette" in style:
+        _check_palette(style["color_palette"], join_path(path, "color_palette"), STYLE_PALETTE_MAX, out)
+
+
+def _check_palette(palette: Any, path: str, limit: int, out: list[Issue]) -> None:
+    if not isinstance(palette, list):
+        out.append(issue("wrong_type", path, f"expected a list of \"#RRGGBB\" colours, got {type_name(palette)}"))
+        return
+    if len(palette) > limit:
+        out.append(issue("palette_length", path, f"has {len(palette)} colours, at most {limit} are allowed here; "
+                         f"remove {len(palette) - limit}"))
+    for index, color in enumerate(palette):
+        color_path = join_path(path, index)
+        if not isinstance(color, str) or not HEX_COLOR.fullmatch(color):
+            out.append(issue("color_format", color_path, f"{color!r} is not a colour in #RRGGBB form; write six hex "
+                             "digits with upper-case letters, e.g. \"#1A2B3C\""))
+        elif color != color.upper():
+            out.append(issue("color_case", color_path, f"{color!r} has lower-case hex digits; write "
+                             f"{color.upper()!r} (to_json upper-cases it)"))
+
+
+def _check_composition(comp: Any, path: str, out: list[Issue]) -> None:
+    if not isinstance(comp, dict):
+        out.append(issue("wrong_type", path, f"expected an object with background and elements, got {type_name(comp)}"))
+        return
+    _check_keys(comp, COMPOSITION_KEYS, path, out)
+    if "background" in comp:
+        _check_text(comp["background"], join_path(path, "background"), out)
+    else:
+        out.append(issue("missing_field", join_path(path, "background"),
+                         "background is required; describe what fills the image behind the elements"))
+    elements_path = join_path(path, "elements")
+    if "elements" not in comp:
+        out.append(issue("missing_field", elements_path, "elements is required; use [] for an image without elements"))
+        return
+    elements = comp["elements"]
+    if not isinstance(elements, list):
+        out.append(issue("wrong_type", elements_path, f"expected a list of elements, got {type_name(elements)}"))
+        return
+    seen: dict[str, int] = {}
+    for index, element in enumerate(elements):
+        element_path = join_path(elements_path, index)
+        _check_element(element, element_path, out)
+        fingerprint = _fingerprint(element)
+        if fingerprint in seen:
+            out.append(issue("duplicate_element", element_path,
+                             f"is identical to elements[{seen[fingerprint]}]; delete it, or give each copy its own "
+                             "bbox and description"))
+        else:
+            seen[fingerprint] = index
+
+
+def _fingerprint(value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)
+
+
+def _check_element(element: Any, path: str, out: list[Issue]) -> None:
+    if not isinstance(element, dict):
+        out.append(issue("wrong_type", path, f"expected an element object, got {type_name(element)}"))
+        return
+    kind = element.get("type")
+    if "type" not in element:
+        out.append(issue("missing_field", join_path(path, "type"), "type is required: \"obj\" or \"text\""))
+    elif kind not in ELEMENT_KEYS:
+        out.append(issue("element_type", join_path(path, "type"),
+                         f"type {kind!r} is not an element type the model knows; use \"obj\" for things and "
+                         "\"text\" for lettering to render"))
+    known = ELEMENT_KEYS.get(kind) if isinstance(kind, str) else None
+    _check_keys(element, known, path, out, allowed=TEXT_KEYS if known is None else known,
+                hint="; obj elements carry no text: change type to \"text\" to render it")
+    if "bbox" in element:
+        _check_bbox(element["bbox"], join_path(path, "bbox"), out)
+    if kind == "text":
+        if "text" in element:
+            _check_text(element["text"], join_path(path, "text"), out)
+        else:
+            out.append(issue("missing_field", join_path(path, "text"),
+                             "text elements need \"text\": the exact string to render (use \\n for line breaks)"))
+    if "desc" in element:
+        _check_text(element["desc"], join_path(path, "desc"), out)
+    else:
+        out.append(issue("missing_field", join_path(path, "desc"),
+                         "desc is required; say what the element looks like (for text: font, colour, size)"))
+    if "color_palette" in element:
+        _check_palette(element["color_palette"], join_path(path, "color_palette"), ELEMENT_PALETTE_MAX, out)
+
+
+def _check_bbox(bbox: Any, path: str, out: list[Issue]) -> None:
+    shape_ok = (isinstance(bbox, list) and len(bbox) == 4
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in bbox))
+    if not shape_ok:
+        out.append(issue("bbox_shape", path, f"must be four integers [y_min, x_min, y_max, x_max] on a 0-1000 grid, "
+                         f"got {_short(bbox)}; round to whole numbers and drop extra values"))
+        return
+    if any(v < 0 or v > BBOX_GRID for v in bbox):
+        out.append(issue("bbox_range", path, f"{bbox} leaves the 0-1000 grid; clamp each value into 0..1000 "
+                         "(the grid is relative to the image, not pixels)"))
+    y_min, x_min, y_max, x_max = bbox
+    if y_min > y_max or x_min > x_max:
+        out.append(issue("bbox_order", path, f"{bbox} has a minimum above its maximum; the order is "
+                         "[y_min, x_min, y_max, x_max] (y first), so swap the offending pair"))
+    elif y_min == y_max or x_min == x_max:
+        out.append(issue("bbox_empty", path, f"{bbox} has zero area; give it a height and a width, or drop the "
+                         "bbox to let the model place the element"))
+
+
+def _short(value: Any) -> str:
+    text = _fingerprint(value)
+    return text if len(text) <= 60 else text[:57] + "..."
