@@ -34,10 +34,6 @@ def split_source(model: str, source: str | None = None) -> tuple[str, str]:
     return model, source
 
 
-def is_repo_id(model: str) -> bool:
-    return bool(_REPO_ID.match(model)) and not Path(model).expanduser().exists()
-
-
 def resolve_model(
     model: str | os.PathLike,
     allow_patterns: list[str] | None = None,
