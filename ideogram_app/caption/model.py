@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .issues import CaptionFormatError
-from .rules import (ART_STYLE_KEYS, COMPOSITION_KEYS, ELEMENT_KEYS, PHOTO_STYLE_KEYS, STRUCTURAL_CODES, TOP_KEYS,
+from .rules import (ART_STYLE_KEYS, COMPOSITION_KEYS, ELEMENT_KEYS, PHOTO_STYLE_KEYS, STRUCTURAL_CODES, TEXT_KEYS,
+                    TOP_KEYS,
                     check_caption)
 
 
@@ -69,7 +70,8 @@ class Element:
     def to_dict(self) -> dict:
         values = {"type": self.type, "bbox": self.bbox, "text": self.text, "desc": self.desc,
                   "color_palette": _palette(self.color_palette)}
-        out = {k: values[k] for k in ELEMENT_KEYS[self.type] if values[k] is not None}
+        order = ELEMENT_KEYS.get(self.type, TEXT_KEYS)  # an invalid type is kept for verify to report
+        out = {k: values[k] for k in order if values[k] is not None}
         return {**out, **self.extra}
 
 

@@ -259,7 +259,7 @@ def _check_bbox(bbox: Any, path: str, out: list[Issue]) -> None:
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in bbox))
     if not shape_ok:
         out.append(issue("bbox_shape", path, f"must be four integers [y_min, x_min, y_max, x_max] on a 0-1000 grid, "
-                         f"got {_short(bbox)}; round to whole numbers and drop extra values"))
+                         f"got {_short(bbox)}; write exactly four whole numbers"))
         return
     if any(v < 0 or v > BBOX_GRID for v in bbox):
         out.append(issue("bbox_range", path, f"{bbox} leaves the 0-1000 grid; clamp each value into 0..1000 "

@@ -40,3 +40,10 @@ def test_formula1_keeps_the_diffsynth_content_with_literal_symbols():
 def test_unknown_template_names_list_the_valid_ones():
     with pytest.raises(KeyError, match="poster_headline"):
         load_template("nope")
+
+
+def test_docs_list_every_verifier_code_with_its_severity():
+    from ideogram_app.caption.rules import CODES
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "caption.md").read_text(encoding="utf-8")
+    for code, severity in CODES.items():
+        assert f"| `{code}` | {severity} |" in docs
