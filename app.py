@@ -1,8 +1,11 @@
-"""Ideogram 4 Layout Studio: Gradio entry point (`python app.py`); Spaces import `demo` from here."""
-import gradio as gr
+"""Ideogram 4 Layout Studio: `python app.py [--model PATH_OR_ID] [--host] [--port] [--share] [--auth U:P]
+[--memory MODE] [--mcp]`. Hugging Face Spaces import `demo` from here."""
+from ideogram_app.ui.layout import build_demo
+from ideogram_app.ui.model_slot import ModelSlot
+from ideogram_app.ui.serving import main
 
-with gr.Blocks(title="Ideogram 4 Layout Studio") as demo:
-    gr.Markdown("# Ideogram 4 Layout Studio\nThe layout editor is under construction.")
+slot = ModelSlot()
+demo = build_demo(slot)
 
 if __name__ == "__main__":
-    demo.launch()
+    main(demo, slot)

@@ -1,0 +1,99 @@
+"""The one loaded model of an app process, shared by every session (weights are far too big to
+load per user). Loading, unloading and generating all run under the app's single GPU concurrency
+group, so they queue instead of colliding; the lock here only guards the slot's own fields.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+VARIANTS: dict[str, str] = {
+    "fp8 (official, ~27 GB)": "ideogram-ai/ideogram-4-fp8",
+    "bf16 repackage (~54 GB)": "DiffSynth-Studio/ideogram-4-bf16-repackage",
+    "nf4 (~16 GB, CUDA)": "ideogram-ai/ideogram-4-nf4",
+    "local folder": "",
+}
+WEIGHT_FAMILY = {"fp8 (official, ~27 GB)": "fp8", "bf16 repackage (~54 GB)": "bf16", "nf4 (~16 GB, CUDA)": "nf4"}
+
+HOW_TO_GET_WEIGHTS = (
+    "No model is loaded. Open the **Model** tab, pick a variant (or a local folder) and press **Load model**, "
+    "or start the app with `python app.py --model ideogram-ai/ideogram-4-fp8` (or a local folder; "
+    "`IDEOGRAM_MODEL` does the same). The weights are gated: accept the Ideogram 4 Non-Commercial licence on "
+    "the model page and set `HF_TOKEN`. Composing, templates, previews and the caption API work without a model."
+)
+
+
+class ModelNotLoadedError(RuntimeError):
+    """Generation was asked for while no pipeline is loaded; the message says how to load one."""
+
+
+@dataclass
+class LoadedModel:
+    pipe: Any
+    source: str
+    memory: str
+
+
+class ModelSlot:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: LoadedModel | None = None
+        self.last_error: str | None = None
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
+    def require(self) -> LoadedModel:
+        loaded = self._loaded
+        if loaded is None:
+            raise ModelNotLoadedError(HOW_TO_GET_WEIGHTS)
+        return loaded
+
+    def load(self, source: str, memory: str = "full") -> LoadedModel:
+        """Load `source` (local folder/file or hub id) with memory mode `memory`, replacing any model."""
+        from ideogram_app.pipeline import Ideogram4Pipeline
+
+        source = (source or "").strip()
+        if not source:
+            raise ValueError("give a model: a local folder or a repo id such as ideogram-ai/ideogram-4-fp8")
+        self.unload()
+        try:
+            pipe = Ideogram4Pipeline.from_pretrained(source, memory=memory)
+        except Exception as err:
+            self.last_error = f"{type(err).__name__}: {err}"
+            raise
+        with self._lock:
+            self._loaded = LoadedModel(pipe, source, memory)
+            self.last_error = None
+        return self._loaded
+
+    def unload(self) -> None:
+        with self._lock:
+            self._loaded = None
+        import gc
+
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    def token_counter(self) -> Callable[[str], int] | None:
+        """The loaded model's exact prompt token count, or None (the UI then shows an estimate)."""
+        loaded = self._loaded
+        tokenizer = getattr(loaded.pipe, "tokenizer", None) if loaded else None
+        return tokenizer.count if tokenizer is not None else None
+
+    def status(self) -> str:
+        loaded = self._loaded
+        if loaded is None:
+            note = f"\n\nLast load failed: {self.last_error}" if self.last_error else ""
+            return "**No model loaded.** Composing and previews work; Generate needs a model." + note
+        where = loaded.source if not Path(loaded.source).exists() else f"local folder `{loaded.source}`"
+        return f"**Loaded:** {where} · memory mode `{loaded.memory}`"

@@ -1,0 +1,81 @@
+"""Per-browser-session editor state, held in `gr.State` (so two users never share a canvas).
+
+The caption lives here as a plain dict in canonical shape (`Caption.to_dict()`), because while a
+user edits it may be temporarily invalid (an empty text element, a palette being built) and the
+verifier, not the editor, decides what is wrong. Undo/redo keep whole caption snapshots: captions
+are a few kB, and snapshots make every edit (canvas, inspector, JSON paste) undoable the same way.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+UNDO_LIMIT = 100
+
+
+def empty_caption() -> dict:
+    return {"compositional_deconstruction": {"background": "", "elements": []}}
+
+
+@dataclass
+class EditorState:
+    caption: dict = field(default_factory=empty_caption)
+    selected: int | None = None
+    width: int = 1024
+    height: int = 1024
+    background_image: str | None = None
+    background_opacity: float = 0.5
+    plain_text: str | None = None
+    undo_stack: list[dict] = field(default_factory=list)
+    redo_stack: list[dict] = field(default_factory=list)
+    last_edit: str | None = None
+
+    @property
+    def elements(self) -> list[dict]:
+        return self.caption["compositional_deconstruction"]["elements"]
+
+    def selected_element(self) -> dict | None:
+        if self.selected is None or not 0 <= self.selected < len(self.elements):
+            return None
+        return self.elements[self.selected]
+
+
+def edited(state: EditorState, field_key: str | None = None) -> EditorState:
+    """A copy of `state` ready to be changed, with the current caption pushed on the undo stack.
+    Consecutive edits of the same field (`field_key`, e.g. typing in one textbox) share one undo
+    step, so undo does not walk back keystroke by keystroke."""
+    new = copy.deepcopy(state)
+    if field_key is None or field_key != state.last_edit:
+        new.undo_stack = (new.undo_stack + [copy.deepcopy(state.caption)])[-UNDO_LIMIT:]
+    new.redo_stack = []
+    new.plain_text = None
+    new.last_edit = field_key
+    return new
+
+
+def undo(state: EditorState) -> EditorState:
+    if not state.undo_stack:
+        return state
+    new = copy.deepcopy(state)
+    new.redo_stack.append(new.caption)
+    new.caption = new.undo_stack.pop()
+    new.last_edit = None
+    new.selected = clamp_selection(new.selected, len(new.elements))
+    return new
+
+
+def redo(state: EditorState) -> EditorState:
+    if not state.redo_stack:
+        return state
+    new = copy.deepcopy(state)
+    new.undo_stack.append(new.caption)
+    new.caption = new.redo_stack.pop()
+    new.last_edit = None
+    new.selected = clamp_selection(new.selected, len(new.elements))
+    return new
+
+
+def clamp_selection(selected: int | None, count: int) -> int | None:
+    if selected is None or count == 0:
+        return None
+    return min(max(selected, 0), count - 1)
