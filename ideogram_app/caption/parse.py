@@ -71,6 +71,7 @@ def _duplicate_issues(value: Any, duplicates: dict[int, list[str]], path: str = 
 
 def decode_text(text: str) -> DecodedJSON | PlainText:
     """JSON-looking text -> `DecodedJSON`; prose -> `PlainText`; broken JSON -> CaptionSyntaxError."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark from Windows editors is not content
     fence = _FENCE.fullmatch(text.strip())
     body = fence.group(1) if fence else text
     body_offset = text.index(body) if fence else 0

@@ -103,3 +103,7 @@ def test_value_problems_are_kept_for_verify():
 def test_other_types_are_a_type_error():
     with pytest.raises(TypeError):
         parse(42)
+
+
+def test_byte_order_mark_is_ignored():
+    _check_content(parse("\ufeff" + json.dumps(valid())))

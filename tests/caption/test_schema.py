@@ -9,6 +9,7 @@ from jsonschema import Draft202012Validator
 
 from ideogram_app.caption import list_templates, verify
 from ideogram_app.caption.schema import load_schema, schema_errors
+from tests.caption.captions import valid
 from tests.caption.test_verify import CASES, C
 
 # verify is stricter than JSON Schema can be on these (cross-field or lexical rules).
@@ -29,7 +30,6 @@ def test_templates_pass_both(name):
 
 @pytest.mark.parametrize("name, fail, code, path, near_miss", CASES, ids=[c[0] for c in CASES])
 def test_broken_variants_are_flagged_by_both(name, fail, code, path, near_miss):
-    from tests.caption.captions import valid
     broken = fail(valid())
     assert verify(broken)
     if code in VERIFY_ONLY:

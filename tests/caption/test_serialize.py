@@ -2,8 +2,11 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ideogram_app.caption import parse, to_json, verify
+from ideogram_app.caption.rules import LITERAL_ESCAPE
 from tests.caption.captions import valid
 
 
@@ -66,3 +69,45 @@ def test_lossless_content_round_trip():
 def test_prose_is_refused():
     with pytest.raises(ValueError, match="plain text"):
         to_json("a cat on a mat")
+
+words = st.text(min_size=1, max_size=12).filter(lambda s: s.strip() and "#" not in s and not LITERAL_ESCAPE.search(s))
+hexes = st.from_regex(r"#[0-9a-fA-F]{6}", fullmatch=True)
+
+
+@st.composite
+def boxes(draw):
+    y0, x0 = draw(st.integers(0, 999)), draw(st.integers(0, 999))
+    return [y0, x0, draw(st.integers(y0 + 1, 1000)), draw(st.integers(x0 + 1, 1000))]
+
+
+element = st.one_of(
+    st.fixed_dictionaries({"type": st.just("obj")}, optional={"bbox": boxes(), "color_palette": st.lists(hexes, max_size=5)})
+    .flatmap(lambda d: st.fixed_dictionaries({"desc": words}).map(lambda e: {**d, **e})),
+    st.fixed_dictionaries({"type": st.just("text"), "text": words, "desc": words},
+                          optional={"bbox": boxes(), "color_palette": st.lists(hexes, max_size=5)}))
+style = st.fixed_dictionaries({"aesthetics": words, "lighting": words, "medium": words},
+                              optional={"color_palette": st.lists(hexes, max_size=16)}).flatmap(
+    lambda d: st.sampled_from(["photo", "art_style"]).flatmap(lambda k: words.map(lambda v: {**d, k: v})))
+captions = st.fixed_dictionaries(
+    {"high_level_description": words,
+     "compositional_deconstruction": st.fixed_dictionaries(
+         {"background": words, "elements": st.lists(element, max_size=4, unique_by=lambda e: json.dumps(e, sort_keys=True))})},
+    optional={"style_description": style})
+
+
+def _upper_hex(value):
+    if isinstance(value, dict):
+        return {k: _upper_hex(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_upper_hex(v) for v in value]
+    return value.upper() if isinstance(value, str) and len(value) == 7 and value.startswith("#") else value
+
+
+@settings(max_examples=60)
+@given(captions)
+def test_any_valid_caption_serialises_clean_lossless_and_idempotent(d):
+    out = to_json(d)
+    assert json.loads(out) == _upper_hex(d)
+    assert to_json(out) == out
+    assert verify(out) == []
+    assert parse(out) == parse(_upper_hex(d))

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from ideogram_app.caption import Caption, list_templates, load_template, to_json, verify
+from ideogram_app.caption.rules import CODES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
 REQUIRED = {"formula1_diffsynth", "poster_headline", "product_shot", "portrait_photo", "infographic", "logo",
@@ -43,7 +44,6 @@ def test_unknown_template_names_list_the_valid_ones():
 
 
 def test_docs_list_every_verifier_code_with_its_severity():
-    from ideogram_app.caption.rules import CODES
     docs = (Path(__file__).resolve().parents[2] / "docs" / "caption.md").read_text(encoding="utf-8")
     for code, severity in CODES.items():
         assert f"| `{code}` | {severity} |" in docs
