@@ -1,0 +1,226 @@
+"""End to end on tiny synthetic repos (CPU), and one step against a hand-written reference."""
+import json
+import math
+import threading
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+from ideogram_app.model.latents import denormalize_latents, normalize_latents, patchify, unpatchify
+from ideogram_app.model.prompt_tokenizer import PromptTooLongError
+from ideogram_app.pipeline import pipeline as pipeline_module
+from ideogram_app.pipeline.metadata import read_image_metadata, save_png
+from ideogram_app.pipeline.pipeline import GenerationCancelled, Ideogram4Pipeline
+from ideogram_app.pipeline.prompt import InvalidCaptionError
+from ideogram_app.pipeline.sizes import SizeError
+
+CAPTION = {
+    "high_level_description": "A poster with a red title",
+    "compositional_deconstruction": {
+        "background": "plain blue",
+        "elements": [{"type": "text", "bbox": [100, 120, 300, 880], "text": "HELLO", "desc": "bold serif"}],
+    },
+}
+CANONICAL = json.dumps(CAPTION, separators=(",", ":"))
+FAST = dict(width=64, height=48, preset="turbo")
+
+
+@pytest.fixture(scope="module")
+def pipes(tiny_repos):
+    return {
+        layout: Ideogram4Pipeline.from_pretrained(str(repo), torch_dtype=torch.float32, memory="cpu")
+        for layout, repo in tiny_repos.items()
+    }
+
+
+def pixels(image: Image.Image) -> torch.Tensor:
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).float()
+
+
+def test_generation_in_every_layout_is_sized_seeded_and_deterministic(pipes):
+    for layout, pipe in pipes.items():
+        first = pipe(CAPTION, seed=11, **FAST)
+        again = pipe(CAPTION, seed=11, **FAST)
+        other = pipe(CAPTION, seed=12, **FAST)
+        assert first.size == (64, 48), layout
+        assert first.tobytes() == again.tobytes(), layout
+        assert (pixels(first) - pixels(other)).abs().mean() > 1.0, layout
+
+
+def test_images_carry_caption_and_settings_through_png(pipes, tmp_path):
+    image = pipes["fp8"](CAPTION, seed=5, num_inference_steps=3, **FAST)
+    path = save_png(image, tmp_path / "out.png")
+    record = read_image_metadata(path)
+    assert record["prompt"] == CANONICAL and record["prompt_kind"] == "caption"
+    s = record["settings"]
+    assert s["preset"] == "turbo" and s["steps"] == 3 and s["guidance"] == [7.0, 7.0, 3.0]
+    assert (s["width"], s["height"], s["seed"], s["denoising_strength"]) == (64, 48, 5, 1.0)
+    assert (s["mu"], s["std"]) == (0.5, 1.75) and s["model"].endswith("repo_fp80")
+
+
+def test_batches_use_consecutive_seeds(pipes):
+    pipe = pipes["bf16"]
+    batch = pipe("a red fox", seed=20, num_images=2, num_inference_steps=2, **FAST)
+    assert isinstance(batch, list) and len(batch) == 2
+    assert [read_image_metadata(im)["settings"]["seed"] for im in batch] == [20, 21]
+    single = pipe("a red fox", seed=21, num_inference_steps=2, **FAST)
+    # Same seed, batch of 2 vs alone: equal up to GEMM-blocking rounding (at most one 8-bit level).
+    assert (pixels(batch[1]) - pixels(single)).abs().max() <= 1
+    assert (pixels(batch[0]) - pixels(batch[1])).abs().mean() > 1.0
+
+
+def hand_written_positions(n_text: int, gh: int, gw: int) -> torch.Tensor:
+    rows = [(k, k, k) for k in range(n_text)]
+    rows += [(65536, 65536 + r, 65536 + c) for r in range(gh) for c in range(gw)]
+    return torch.tensor([rows])
+
+
+def test_one_denoising_step_equals_the_formula(pipes):
+    """Reference: both DiTs called on hand-built inputs (full-width text features, no hoisting), the
+    spec's guidance mixing and Euler step in t, with t from the spec formula."""
+    pipe = pipes["bf16"]
+    g, seed, mu, std, width, height = 5.0, 4, 0.3, 1.2, 64, 32
+    z_pipe = pipe(CAPTION, seed=seed, guidance_schedule=[g], mu=mu, std=std, width=width, height=height,
+                  output_type="latent")
+    image = pipe(CAPTION, seed=seed, guidance_schedule=[g], mu=mu, std=std, width=width, height=height)
+
+    features = pipe.text_encoder.encode(CANONICAL).float()
+    n_text, gh, gw = features.shape[1], height // 16, width // 16
+    n_img = gh * gw
+    t_start = 1 / (1 + math.exp(0.5 * 18))  # u = 1 -> t_min
+    t_end = 1 / (1 + math.exp(-0.5 * 15))  # u = 0 -> t_max
+    noise = torch.randn((1, n_img, 128), generator=torch.Generator("cpu").manual_seed(seed))
+    with torch.no_grad():
+        v_cond = pipe.transformer(
+            torch.cat([torch.zeros(1, n_text, 128), noise], dim=1),
+            torch.tensor([t_start]),
+            torch.cat([features, torch.zeros(1, n_img, features.shape[2])], dim=1),
+            hand_written_positions(n_text, gh, gw),
+            torch.ones(1, n_text + n_img, dtype=torch.long),
+            torch.tensor([[3] * n_text + [2] * n_img]),
+        )[:, n_text:]
+        v_uncond = pipe.unconditional_transformer(
+            noise,
+            torch.tensor([t_start]),
+            torch.zeros(1, n_img, features.shape[2]),
+            hand_written_positions(0, gh, gw),
+            torch.ones(1, n_img, dtype=torch.long),
+            torch.full((1, n_img), 2),
+        )
+        z_ref = noise + (g * v_cond + (1 - g) * v_uncond) * (t_end - t_start)
+        decoded = pipe.vae.decode(unpatchify(denormalize_latents(z_ref), gh, gw))
+    assert z_pipe.shape == (1, n_img, 128)
+    assert torch.allclose(z_pipe, z_ref, atol=1e-5, rtol=1e-5)
+    ref_pixels = ((decoded[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).flatten()
+    assert (pixels(image) - ref_pixels).abs().max() <= 1
+
+
+def count_calls(module):
+    calls = []
+    handle = module.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(args[0].shape), with_kwargs=True)
+    return calls, handle
+
+
+def test_text_is_exactly_the_prompt_tokens_and_encoded_once(pipes):
+    pipe = pipes["bf16"]
+    pipe._encoded = None
+    encodes = []
+    real_encode = pipe.text_encoder.encode
+    pipe.text_encoder.encode = lambda text: encodes.append(text) or real_encode(text)
+    cond, h1 = count_calls(pipe.transformer)
+    uncond, h2 = count_calls(pipe.unconditional_transformer)
+    try:
+        n_tokens = pipe.tokenizer.count(CANONICAL)
+        pipe(CAPTION, seed=1, num_images=2, guidance_schedule=[4.0, 1.0, 2.0], **{**FAST, "preset": "quality"})
+        pipe(CAPTION, seed=9, guidance_schedule=[4.0], **FAST)
+    finally:
+        del pipe.text_encoder.encode
+        h1.remove(), h2.remove()
+    assert encodes == [CANONICAL]  # once for both calls with the same prompt
+    assert cond[0] == (2, n_tokens + 12, 128)  # no padding: text tokens + 4x3 image tokens
+    assert uncond[0] == (2, 12, 128)  # image tokens only
+    assert len(cond) == 4 and len(uncond) == 3  # the g = 1 step skips the unconditional model
+
+
+def test_img2img_strength_controls_distance_to_the_input(pipes, tmp_path):
+    pipe = pipes["bf16"]
+    ramp = torch.linspace(0, 255, 64).repeat(48, 1)
+    source = Image.fromarray(torch.stack([ramp, ramp.flip(1), 255 - ramp], -1).to(torch.uint8).numpy(), "RGB")
+    source.save(tmp_path / "in.png")
+    with torch.no_grad():
+        target = normalize_latents(patchify(pipe.vae.encode(
+            torch.frombuffer(bytearray(source.tobytes()), dtype=torch.uint8).reshape(48, 64, 3)
+            .permute(2, 0, 1)[None].float() / 127.5 - 1)))
+    distances = {}
+    for strength in (0.3, 0.9):
+        z = pipe("a gradient", input_image=tmp_path / "in.png", denoising_strength=strength, seed=3,
+                 num_inference_steps=4, output_type="latent", **FAST)
+        distances[strength] = (z - target).pow(2).mean().sqrt().item()
+    print(f"img2img latent RMS distance to the input: {distances}")
+    assert distances[0.3] < distances[0.9]
+    image = pipe("a gradient", input_image=source.resize((200, 100)), denoising_strength=0.5, seed=3,
+                 num_inference_steps=2, **FAST)
+    assert image.size == (64, 48) and read_image_metadata(image)["settings"]["img2img"] is True
+
+
+def test_stop_event_cancels_between_steps(pipes):
+    stop, seen = threading.Event(), []
+
+    def callback(step, total):
+        seen.append((step, total))
+        if step == 2:
+            stop.set()
+
+    with pytest.raises(GenerationCancelled, match="stopped after 2 of 12 steps"):
+        pipes["bf16"]("a cat", seed=1, callback=callback, stop_event=stop, **FAST)
+    assert seen == [(1, 12), (2, 12)]
+
+
+def test_missing_unconditional_transformer_warns_and_uses_the_conditional_one(tiny_repo_no_uncond):
+    with pytest.warns(UserWarning, match="no unconditional_transformer"):
+        pipe = Ideogram4Pipeline.from_pretrained(tiny_repo_no_uncond, torch_dtype=torch.float32, memory="cpu")
+    calls, handle = count_calls(pipe.transformer)
+    image = pipe("a cat", seed=1, num_inference_steps=2, **FAST)
+    handle.remove()
+    assert image.size == (64, 48)
+    assert [c[1] for c in calls] == [calls[0][1], 12, calls[0][1], 12]  # cond then image-only, twice
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(width=1000), SizeError, "width 1000 is not a multiple of 16; the nearest valid widths are 992 and 1008"),
+        (dict(denoising_strength=0.0), ValueError, r"denoising_strength must be in \(0, 1\]"),
+        (dict(denoising_strength=1.5), ValueError, r"denoising_strength must be in \(0, 1\]"),
+        (dict(denoising_strength=0.5), ValueError, "denoising_strength 0.5 needs an input_image"),
+        (dict(input_image="/nonexistent.png", denoising_strength=0.5), ValueError, "input_image /nonexistent.png does not exist"),
+        (dict(num_images=0), ValueError, "num_images must be a positive integer, got 0"),
+        (dict(seed=-1), ValueError, "seed must be a non-negative integer"),
+        (dict(preset="ultra"), ValueError, "preset 'ultra' is unknown"),
+        (dict(num_inference_steps=5, guidance_schedule=[7.0]), ValueError, "has 1 entries but num_inference_steps is 5"),
+        (dict(prompt={"compositional_deconstruction": {"elements": []}, "extra": 1}), InvalidCaptionError, "the caption has 2 error"),
+        (dict(prompt='{"high_level_description": "x",'), ValueError, "invalid JSON at line 1"),
+        (dict(prompt="word " * 3000), PromptTooLongError, "Ideogram 4 accepts at most 2048"),
+    ],
+)
+def test_bad_input_fails_before_any_model_work(pipes, kwargs, error, message):
+    pipe = pipes["bf16"]
+    pipe._encoded = None
+    calls, handle = count_calls(pipe.transformer)
+    try:
+        with pytest.raises(error, match=message):
+            pipe(**{"prompt": "a cat", "seed": 1, **FAST, **kwargs})
+    finally:
+        handle.remove()
+    assert calls == [] and pipe._encoded is None
+
+
+def test_negative_prompt_warns_once(pipes, monkeypatch):
+    monkeypatch.setattr(pipeline_module, "_warned_negative_prompt", False)
+    with pytest.warns(UserWarning, match="negative_prompt is ignored"):
+        pipes["bf16"]("a cat", negative_prompt="blurry", seed=1, num_inference_steps=1, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipes["bf16"]("a cat", negative_prompt="blurry", seed=1, num_inference_steps=1, **FAST)
