@@ -72,3 +72,11 @@ def test_elements_without_bbox_are_listed_in_a_top_band():
 def test_bad_size_is_refused():
     with pytest.raises(ValueError, match="positive"):
         render_layout(_one(), 0, 100)
+
+
+def test_outlines_thicken_with_the_image_so_large_previews_stay_readable():
+    small, large = render_layout(_one(), 512, 512), render_layout(_one(), 2048, 2048)
+    x0, y0, _, y1 = bbox_to_pixels([200, 300, 600, 700], 2048, 2048)
+    assert large.getpixel((x0 + 5, y1 - 40)) == TYPE_COLORS["obj"]
+    x0, y0, _, y1 = bbox_to_pixels([200, 300, 600, 700], 512, 512)
+    assert small.getpixel((x0 + 5, y1 - 10)) != TYPE_COLORS["obj"]
