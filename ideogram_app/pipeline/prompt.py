@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ideogram_app.caption import Caption, Issue, PlainText, parse, to_json, verify
+from ideogram_app.caption import Caption, Issue, parse, to_json, verify
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,13 @@ def prepare_prompt(prompt: str | dict | Caption) -> PreparedPrompt:
     JSON text, InvalidCaptionError for captions that break the schema, TypeError for other types."""
     if not isinstance(prompt, (str, dict, Caption)):
         raise TypeError(f"prompt must be a str, dict or Caption, got {type(prompt).__name__}")
-    if isinstance(prompt, str) and isinstance(parse(prompt), PlainText):
-        return PreparedPrompt(prompt, "text")
     issues = verify(prompt)
+    if isinstance(prompt, str):
+        codes = {issue.code for issue in issues}
+        if "plain_text" in codes:
+            return PreparedPrompt(prompt, "text")
+        if "json_syntax" in codes:
+            parse(prompt)  # raises the CaptionSyntaxError that carries line and column
     errors = [issue for issue in issues if issue.severity == "error"]
     if errors:
         raise InvalidCaptionError(errors)

@@ -63,3 +63,10 @@ def test_broken_json_reports_line_and_column():
 def test_wrong_type_is_rejected():
     with pytest.raises(TypeError, match="prompt must be a str, dict or Caption, got list"):
         prepare_prompt(["a", "b"])
+
+
+def test_json_text_with_structural_errors_lists_all_of_them():
+    with pytest.raises(InvalidCaptionError) as info:
+        prepare_prompt('{"bogus": 1, "compositional_deconstruction": {"elements": [{"type": "obj"}]}}')
+    assert {i.code for i in info.value.issues} >= {"unknown_key", "missing_field"}
+    assert len(info.value.issues) >= 3
