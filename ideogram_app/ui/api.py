@@ -10,9 +10,8 @@ from gradio.data_classes import FileData
 
 from ideogram_app.caption import (Caption, CaptionFormatError, CaptionSyntaxError, PlainText, parse, render_layout,
                                   to_json, verify)
-from ideogram_app.pipeline.prompt import InvalidCaptionError
 
-from .generation import SettingsError, check_prompt, check_settings, resolve_seed, run_generation, save_results
+from .generation import check_prompt, check_settings, resolve_seed, run_generation, save_results
 from .handlers import save_preview, size_or_error
 from .model_slot import ModelNotLoadedError, ModelSlot
 
@@ -58,10 +57,10 @@ class PublicApi:
             settings, _ = check_settings(preset, width, height, resolve_seed(seed, False), num_images, None, 1.0)
             prompt = check_prompt(caption, self.slot.token_counter())
             images = run_generation(self.slot, prompt, settings)
-        except (SettingsError, InvalidCaptionError, CaptionSyntaxError, ModelNotLoadedError) as err:
+        except (ValueError, ModelNotLoadedError) as err:  # settings, caption, size, token count, no model
             raise gr.Error(str(err)) from None
-        paths = save_results(images)
-        return [FileData(path=str(p)) for p in paths], {**settings.as_dict(), "prompt": prompt}
+        results = save_results(images)
+        return [FileData(path=r["path"]) for r in results], {"prompt": prompt, "images": [r["settings"] for r in results]}
 
     def validate_caption(self, caption: str) -> list[dict]:
         """Check a caption against the Ideogram 4 caption rules (the official CaptionVerifier's and more).

@@ -7,13 +7,13 @@ import os
 import random
 import threading
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from PIL import Image
 
-from ideogram_app.pipeline.metadata import save_png
+from ideogram_app.pipeline.metadata import read_image_metadata, save_png
 from ideogram_app.pipeline.prompt import prepare_prompt
 from ideogram_app.pipeline.sampling import PRESETS
 from ideogram_app.pipeline.sizes import check_size
@@ -44,9 +44,6 @@ class GenerationSettings:
     num_images: int = 1
     input_image: str | None = None
     strength: float = 1.0
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "input_image"}
 
 
 def output_dir() -> Path:
@@ -152,7 +149,13 @@ def _run_generation(slot: ModelSlot, prompt: str, settings: GenerationSettings,
 run_generation = on_gpu(_run_generation, duration=lambda slot, prompt, settings, *args, **kwargs: gpu_seconds(settings))
 
 
-def save_results(images: list[Image.Image], directory: Path | None = None) -> list[Path]:
-    """Write each image (with the metadata the pipeline attached) to a fresh, unguessable name."""
+def save_results(images: list[Image.Image], directory: Path | None = None) -> list[dict]:
+    """Write each image (with the metadata the pipeline attached) to a fresh, unguessable name;
+    -> result records `{"path", "prompt", "settings"}` (the record is the PNG's own metadata)."""
     directory = directory or output_dir()
-    return [save_png(image, directory / f"ideogram-{uuid.uuid4().hex[:12]}.png") for image in images]
+    results = []
+    for image in images:
+        path = save_png(image, directory / f"ideogram-{uuid.uuid4().hex[:12]}.png")
+        record = read_image_metadata(image)
+        results.append({"path": str(path), "prompt": record["prompt"], "settings": record["settings"]})
+    return results

@@ -17,13 +17,13 @@ from PIL import Image
 from ideogram_app.caption import (CaptionFormatError, CaptionSyntaxError, PlainText, list_templates, load_template,
                                   parse, render_layout as draw_layout, to_json)
 from ideogram_app.pipeline.metadata import NoImageMetadataError, read_image_metadata
-from ideogram_app.pipeline.prompt import InvalidCaptionError
+from ideogram_app.pipeline.pipeline import GenerationCancelled
 from ideogram_app.pipeline.sizes import ASPECT_PRESETS, SizeError, check_size
 
 from . import editor, views
 from .editor import CanvasOpError
-from .generation import (PRESET_LABELS, SettingsError, StopSignals, check_prompt,
-                         check_settings, output_dir, resolve_seed, run_generation, save_results)
+from .generation import (PRESET_LABELS, StopSignals, check_prompt, check_settings, output_dir, resolve_seed,
+                         run_generation, save_results)
 from .model_slot import VARIANTS, WEIGHT_FAMILY, ModelNotLoadedError, ModelSlot
 from .state import EditorState
 
@@ -243,7 +243,7 @@ class AppHandlers:
                                                 input_image, strength)
             prompt = check_prompt(prompt_text(state), self.slot.token_counter())
             self.slot.require()
-        except (SettingsError, InvalidCaptionError, CaptionSyntaxError, ModelNotLoadedError) as err:
+        except (ValueError, ModelNotLoadedError) as err:  # settings, caption, size, token count
             raise gr.Error(str(err), duration=None) from None
         for warning in warnings:
             gr.Warning(warning)
@@ -258,17 +258,15 @@ class AppHandlers:
         progress(0, desc="encoding the prompt")
         try:
             images = run_generation(self.slot, prompt, settings, on_step=on_step, stop_event=stop_event)
-        except Exception as err:
-            if type(err).__name__ == "GenerationCancelled":
-                return {"gen_status": f"Stopped after step {steps_total['n']}; nothing was saved.", "seed": settings.seed}
-            raise
+        except GenerationCancelled:
+            return {"gen_status": f"Stopped after step {steps_total['n']}; nothing was saved.", "seed": settings.seed}
+        except (ValueError, ModelNotLoadedError) as err:
+            raise gr.Error(str(err), duration=None) from None
         finally:
             self.stops.finish(session)
-        paths = save_results(images)
-        new_results = list(results) + [{"path": str(p), "prompt": prompt, "settings": {**settings.as_dict(), "index": i}}
-                                       for i, p in enumerate(paths)]
+        new_results = list(results) + save_results(images)
         return {"results": new_results, "gallery": self.gallery_items(new_results), "seed": settings.seed,
-                "gen_status": f"Done: {len(paths)} image(s), seed {settings.seed}, {settings.width}×{settings.height}, "
+                "gen_status": f"Done: {len(images)} image(s), seed {settings.seed}, {settings.width}×{settings.height}, "
                               f"{settings.preset}.", "result_settings": new_results[-1]["settings"],
                 "selected_result": len(new_results) - 1,
                 "overlay": self._overlay(new_results[-1])}

@@ -54,7 +54,7 @@ class ModelSlot:
 
     def load(self, source: str, memory: str = "full") -> LoadedModel:
         """Load `source` (local folder/file or hub id) with memory mode `memory`, replacing any model."""
-        from ideogram_app.pipeline import Ideogram4Pipeline
+        from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
 
         source = (source or "").strip()
         if not source:

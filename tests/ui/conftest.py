@@ -1,0 +1,135 @@
+"""Fixtures for the app tests: a tiny model repo, a loaded model slot, ONE really launched app per
+session (`python app.py --model <tiny repo>`), a gradio_client for it, and one headless Debian
+chromium shared by the browser tests."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.tiny_repo import write_tiny_repo
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+START_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory) -> Path:
+    return write_tiny_repo(tmp_path_factory.mktemp("tiny-repo"), "fp8")
+
+
+@pytest.fixture(scope="session")
+def loaded_slot(tiny_repo):
+    from ideogram_app.ui.model_slot import ModelSlot
+
+    slot = ModelSlot()
+    slot.load(str(tiny_repo), "cpu")
+    return slot
+
+
+@pytest.fixture(autouse=True)
+def _outputs_in_tmp(tmp_path_factory, monkeypatch):
+    """Generated files go to a per-session temp folder, never into the checkout."""
+    monkeypatch.setenv("IDEOGRAM_OUTPUT_DIR", str(tmp_path_factory.getbasetemp() / "outputs"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(args: list[str], output_dir: Path) -> tuple[subprocess.Popen, str, Path]:
+    """Start `python app.py ARGS` on a free port; return the process, its URL and its log file."""
+    port = free_port()
+    log = output_dir / f"app-{port}.log"
+    env = {**os.environ, "IDEOGRAM_OUTPUT_DIR": str(output_dir), "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), *args],
+                            cwd=REPO_ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=2) as response:
+                if response.status == 200:
+                    return proc, url, log
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"app.py did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_repo, tmp_path_factory):
+    """`python app.py --model <tiny repo> --memory cpu`, really launched, for the whole session."""
+    proc, url, log = start_app(["--model", str(tiny_repo), "--memory", "cpu"], tmp_path_factory.mktemp("app-out"))
+    if "Model loaded." not in log.read_text():
+        stop_app(proc)
+        raise RuntimeError(f"the tiny model did not load:\n{log.read_text()}")
+    yield url
+    stop_app(proc)
+
+
+@pytest.fixture(scope="session")
+def client(app_url):
+    from gradio_client import Client
+
+    c = Client(app_url, verbose=False)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium through Playwright. Missing chromium skips locally and FAILS in CI."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        message = "Debian chromium not found on PATH (apt-get install chromium)"
+        if os.environ.get("CI", "").lower() in ("1", "true"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(app_url)
+    page.locator("#layout-canvas .lc-stage").wait_for()
+    page.js_errors = errors
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path

@@ -1,0 +1,285 @@
+"""Every event function of the app, called directly (no browser), with the real caption core and,
+for generation, the real pipeline on the tiny synthetic model."""
+import json
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+from ideogram_app.caption import load_template, to_json
+from ideogram_app.pipeline.metadata import read_image_metadata
+from ideogram_app.ui import editor
+from ideogram_app.ui.handlers import AppHandlers
+from ideogram_app.ui.model_slot import HOW_TO_GET_WEIGHTS, ModelSlot
+from ideogram_app.ui.state import EditorState
+
+TINY = dict(preset="Turbo · 12 steps", width=64, height=48, seed=7, randomize=False, num_images=1,
+            input_image=None, strength=1.0)
+
+
+class Progress:
+    """Records what a handler reports through gr.Progress."""
+
+    def __init__(self, on_call=None):
+        self.calls = []
+        self.on_call = on_call
+
+    def __call__(self, value, desc=None, **kwargs):
+        self.calls.append((value, desc))
+        if self.on_call:
+            self.on_call(value)
+
+
+@pytest.fixture
+def handlers():
+    return AppHandlers(ModelSlot())
+
+
+@pytest.fixture
+def tiny_handlers(loaded_slot):
+    return AppHandlers(loaded_slot)
+
+
+def poster_state():
+    return editor.load_caption(EditorState(), load_template("poster_headline"))
+
+
+def canvas_event(data):
+    return gr.EventData(None, data)
+
+
+def test_page_load_fills_every_view(handlers):
+    out = handlers.on_page_load(EditorState())
+    for name in ("canvas", "json", "issues_all", "tokens", "el_type", "hld", "palette", "model_status"):
+        assert name in out
+    assert "No model loaded" in out["model_status"]
+
+
+def test_canvas_edit_updates_json_inspector_and_issues(handlers):
+    out = handlers.on_canvas_edit(EditorState(), canvas_event(
+        {"op": "draw", "kind": "text", "rect": [100, 50, 300, 150], "size": [400, 200]}))
+    shown = json.loads(out["json"])
+    assert shown["compositional_deconstruction"]["elements"][0]["bbox"] == [250, 250, 750, 750]
+    assert out["canvas"]["elements"][0]["bbox"] == [250, 250, 750, 750]
+    assert out["el_type"] == "text" and out["el_has_box"] is True
+    assert "elements[0]" in out["issues_element"]
+
+
+def test_canvas_edit_with_a_bad_payload_warns_and_changes_nothing(handlers):
+    with pytest.warns(UserWarning, match="element 3"):
+        assert handlers.on_canvas_edit(EditorState(), canvas_event({"op": "delete", "index": 3})) == {}
+
+
+def test_json_input_valid_updates_canvas_but_not_the_editor_text(handlers):
+    text = to_json(load_template("logo"))
+    out = handlers.on_json_input(EditorState(), text)
+    assert "json" not in out  # never rewrite the box the user is typing in
+    assert len(out["canvas"]["elements"]) == len(load_template("logo").elements)
+    assert out["json_status"].startswith("Caption updated")
+
+
+def test_json_input_invalid_only_reports_where(handlers):
+    out = handlers.on_json_input(poster_state(), '{"compositional_deconstruction": [1, 2,]}')
+    assert set(out) == {"json_status"} and "line 1, column" in out["json_status"]
+
+
+def test_json_blur_reformats_valid_text_only(handlers):
+    state = poster_state()
+    assert handlers.on_json_blur(state, to_json(state.caption)) == {"json": handlers.editor_view(state)["json"]}
+    assert handlers.on_json_blur(state, "{broken") == {}
+
+
+@pytest.mark.parametrize("field, value, check", [
+    ("type", "obj", lambda e: e["type"] == "obj" and "text" not in e),
+    ("text", "HELLO", lambda e: e["text"] == "HELLO"),
+    ("desc", "tall red letters", lambda e: e["desc"] == "tall red letters"),
+    ("has_box", False, lambda e: "bbox" not in e),
+])
+def test_element_field_handlers(handlers, field, value, check):
+    out = handlers.on_element_field(field)(poster_state(), value)
+    assert check(out["state"].elements[0])
+    assert json.loads(out["json"])["compositional_deconstruction"]["elements"][0] == out["state"].elements[0]
+
+
+def test_element_field_with_nothing_selected_is_a_no_op(handlers):
+    out = handlers.on_element_field("desc")(EditorState(), "x")
+    assert out["state"].elements == []
+
+
+def test_element_palette_handler(handlers):
+    out = handlers.on_element_palette(poster_state(), 1, "#abcdef", "#000000", "#111111", "#222222", "#333333")
+    assert out["state"].elements[0]["color_palette"] == ["#ABCDEF"]
+    assert out["el_palette_count"] == 1 and out["el_palette"][0] == "#ABCDEF"
+
+
+@pytest.mark.parametrize("kind", ["obj", "text"])
+def test_add_element_handlers(handlers, kind):
+    out = handlers.on_add_element(kind)(EditorState())
+    assert out["state"].elements[0]["type"] == kind and out["state"].selected == 0
+
+
+def test_scene_handlers(handlers):
+    out = handlers.on_high_level_description(EditorState(), "A flat logo.")
+    assert out["state"].caption["high_level_description"] == "A flat logo."
+    out = handlers.on_background_text(out["state"], "plain white")
+    assert json.loads(out["json"])["compositional_deconstruction"]["background"] == "plain white"
+    colors = ["#ff0000", "#00ff00"] + ["#000000"] * 14
+    out = handlers.on_style(out["state"], "photo", "clean", "studio softbox", "85mm", "photograph", 2, *colors)
+    style = out["state"].caption["style_description"]
+    assert style["photo"] == "85mm" and style["color_palette"] == ["#FF0000", "#00FF00"]
+    assert out["photo_or_art_label"] == "photo" and out["palette_count"] == 2
+
+
+def test_undo_redo_handlers(handlers):
+    state = handlers.on_add_element("obj")(EditorState())["state"]
+    undone = handlers.on_undo(state)
+    assert undone["state"].elements == []
+    assert len(handlers.on_redo(undone["state"])["state"].elements) == 1
+
+
+def test_load_template_handler(handlers):
+    out = handlers.on_load_template(EditorState(), "product_shot")
+    assert out["state"].caption == load_template("product_shot").to_dict()
+    with pytest.warns(UserWarning, match="pick a template"):
+        assert handlers.on_load_template(EditorState(), "nope") == {}
+
+
+def test_import_and_export_round_trip(handlers, tmp_path):
+    state = poster_state()
+    exported = handlers.on_export(state)
+    path = exported["value"]
+    assert json.loads(open(path, encoding="utf-8").read()) == state.caption
+    out = handlers.on_import_file(EditorState(), path)
+    assert out["state"].caption == state.caption
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"compositional_deconstruction": ', encoding="utf-8")
+    with pytest.warns(UserWarning, match="bad.json"):
+        assert "line 1" in handlers.on_import_file(EditorState(), str(bad))["json_status"]
+
+
+def test_size_handlers(handlers):
+    out = handlers.on_aspect_preset(EditorState(), "16:9 · 1 MP")
+    assert (out["width"], out["height"]) == (1360, 768) and out["canvas"]["aspect"] == pytest.approx(1360 / 768)
+    bad = handlers.on_custom_size(EditorState(), 1000, 768)
+    assert "992 and 1008" in bad["size_note"] and "state" not in bad
+    good = handlers.on_custom_size(EditorState(), 512, 1536)
+    assert good["canvas"]["aspect"] == pytest.approx(1 / 3) and good["aspect"] == "custom"
+
+
+def test_canvas_background_handlers(handlers, tmp_path):
+    out = handlers.on_canvas_background(EditorState(), "/some/ref.png", 0.3)
+    assert out["canvas"]["background"] == "/some/ref.png" and out["canvas"]["opacity"] == 0.3
+    with pytest.warns(UserWarning, match="generate an image first"):
+        assert handlers.on_use_last_result(EditorState(), [], 0.5) == {}
+    last = handlers.on_use_last_result(EditorState(), [{"path": "/r/1.png"}, {"path": "/r/2.png"}], 0.5)
+    assert last["canvas"]["background"] == "/r/2.png"
+
+
+def test_generate_without_a_model_says_what_is_missing(handlers):
+    with pytest.raises(gr.Error) as err:
+        handlers.on_generate(poster_state(), [], **TINY, request=None, progress=Progress())
+    assert err.value.message == HOW_TO_GET_WEIGHTS
+
+
+def test_generate_rejects_an_invalid_caption_before_running(tiny_handlers):
+    state = editor.set_element_field(poster_state(), "desc", "")
+    with pytest.raises(gr.Error, match=r"elements\[0\]\.desc"):
+        tiny_handlers.on_generate(state, [], **TINY, request=None, progress=Progress())
+
+
+def test_generate_rejects_a_bad_size(tiny_handlers):
+    with pytest.raises(gr.Error, match="nearest valid widths are 48 and 64"):
+        tiny_handlers.on_generate(poster_state(), [], **{**TINY, "width": 50}, request=None, progress=Progress())
+
+
+def test_generate_select_overlay_and_open_in_editor(tiny_handlers, handlers):
+    progress = Progress()
+    state = poster_state()
+    out = tiny_handlers.on_generate(state, [], **TINY, request=None, progress=progress)
+    steps = [value for value, desc in progress.calls if isinstance(value, tuple)]
+    assert steps == [(i, 12) for i in range(1, 13)]
+    (result,) = out["results"]
+    image = Image.open(result["path"])
+    assert image.size == (64, 48)
+    assert read_image_metadata(result["path"])["prompt"] == to_json(state.caption)
+    assert out["gallery"][0][0] == result["path"] and "seed 7" in out["gallery"][0][1]
+    assert Image.open(out["overlay"]).size == (64, 48)
+
+    selected = handlers.on_result_select(out["results"], gr.SelectData(None, {"index": 0, "value": None}))
+    assert selected["result_settings"]["seed"] == 7 and selected["selected_result"] == 0
+
+    opened = handlers.on_open_result(EditorState(), out["results"], 0)
+    assert opened["state"].caption == state.caption
+    assert (opened["width"], opened["height"], opened["seed"]) == (64, 48, 7)
+    assert opened["preset"] == "Turbo · 12 steps" and opened["randomize"] is False
+
+    from_png = handlers.on_open_png(EditorState(), result["path"])
+    assert from_png["state"].caption == state.caption
+
+
+def test_open_png_without_metadata_is_explained(handlers, tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (16, 16)).save(plain)
+    with pytest.warns(UserWarning, match="no Ideogram Layout Studio metadata"):
+        out = handlers.on_open_png(EditorState(), str(plain))
+    assert "Cannot open" in out["json_status"]
+    with pytest.warns(UserWarning, match="select a result"):
+        assert handlers.on_open_result(EditorState(), [], None) == {}
+
+
+def test_stop_ends_the_run_between_steps(tiny_handlers):
+    request = gr.Request(session_hash="stopper")
+    other = gr.Request(session_hash="bystander")
+    assert tiny_handlers.on_stop(request)["gen_status"] == "Nothing is running."
+
+    def stop_at_step_3(value):
+        if value == (3, 12):
+            assert tiny_handlers.on_stop(other)["gen_status"] == "Nothing is running."  # not someone else's run
+            assert tiny_handlers.on_stop(request)["gen_status"].startswith("Stopping")
+
+    out = tiny_handlers.on_generate(poster_state(), [], **TINY, request=request, progress=Progress(stop_at_step_3))
+    assert out["gen_status"] == "Stopped after step 3; nothing was saved."
+    assert "results" not in out
+
+
+def test_model_panel_handlers(handlers, tiny_repo):
+    assert handlers.on_variant("local folder") == {"model_source": ""}
+    assert handlers.on_variant("nf4 (~16 GB, CUDA)")["model_source"] == "ideogram-ai/ideogram-4-nf4"
+    estimate = handlers.on_estimate("fp8 (official, ~27 GB)", "ideogram-ai/ideogram-4-fp8", "offload", 1024, 1024)
+    assert "GB of GPU memory" in estimate["model_estimate"]
+    local = handlers.on_estimate("local folder", str(tiny_repo), "cpu", 64, 64)
+    assert local["model_estimate"].startswith("Needs CPU only")
+    assert "Cannot estimate" in handlers.on_estimate("local folder", "", "full", 1000, 64)["model_estimate"]
+    with pytest.raises(gr.Error, match="Could not load"):
+        handlers.on_load_model(str(tiny_repo / "missing"), "cpu", progress=Progress())
+    assert "Last load failed" in handlers.on_unload_model()["model_status"]
+
+
+def test_load_model_then_exact_token_count(tiny_repo):
+    handlers = AppHandlers(ModelSlot())
+    state = poster_state()
+    assert "estimate" in handlers.on_refresh_tokens(state)["tokens"]
+    assert "Loaded" in handlers.on_load_model(str(tiny_repo), "cpu", progress=Progress())["model_status"]
+    tokens = handlers.on_refresh_tokens(state)["tokens"]
+    count = handlers.slot.loaded.pipe.tokenizer.count(to_json(state.caption))
+    assert tokens.startswith(f"**{count} / 2048 tokens**") and "exact" in tokens
+    assert "No model loaded" in handlers.on_unload_model()["model_status"]
+
+
+def test_two_sessions_do_not_share_state(handlers):
+    """gr.State deep-copies its initial value per session; handlers never mutate their input."""
+    first = EditorState()
+    drawn = handlers.on_canvas_edit(first, canvas_event({"op": "draw", "kind": "obj", "rect": [0, 0, 50, 50],
+                                                         "size": [100, 100]}))["state"]
+    assert first.elements == [] and len(drawn.elements) == 1
+
+
+def test_stop_signals_are_per_session():
+    from ideogram_app.ui.generation import StopSignals
+
+    signals = StopSignals()
+    a, b = signals.start("a"), signals.start("b")
+    assert signals.stop("a")
+    assert a.is_set() and not b.is_set()
+    signals.finish("a")
+    assert not signals.stop("a")
