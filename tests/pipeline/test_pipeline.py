@@ -4,6 +4,7 @@ import math
 import threading
 import warnings
 
+import huggingface_hub
 import pytest
 import torch
 from PIL import Image
@@ -12,6 +13,7 @@ from ideogram_app.model.latents import denormalize_latents, normalize_latents, p
 from ideogram_app.model.prompt_tokenizer import PromptTooLongError
 from ideogram_app.pipeline import pipeline as pipeline_module
 from ideogram_app.pipeline.metadata import read_image_metadata, save_png
+from ideogram_app.pipeline.model_config import ModelConfig
 from ideogram_app.pipeline.pipeline import GenerationCancelled, Ideogram4Pipeline
 from ideogram_app.pipeline.prompt import InvalidCaptionError
 from ideogram_app.pipeline.sizes import SizeError
@@ -224,3 +226,49 @@ def test_negative_prompt_warns_once(pipes, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pipes["bf16"]("a cat", negative_prompt="blurry", seed=1, num_inference_steps=1, **FAST)
+
+
+def test_diffsynth_style_configs_load_the_same_model_as_the_short_form(tiny_repos, pipes, monkeypatch):
+    repo = tiny_repos["fp8"]
+    fetched = []
+
+    def snapshot_download(repo_id, **kwargs):
+        fetched.append((repo_id, kwargs["allow_patterns"]))
+        return str(repo)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    repo_id = "ideogram-ai/ideogram-4-fp8"
+    pipe = Ideogram4Pipeline.from_pretrained(
+        torch_dtype=torch.float32,
+        device="cpu",
+        model_configs=[
+            ModelConfig(model_id=repo_id, origin_file_pattern="transformer/diffusion_pytorch_model.safetensors"),
+            ModelConfig(model_id=repo_id, origin_file_pattern="unconditional_transformer/diffusion_pytorch_model.safetensors"),
+            ModelConfig(path=repo / "text_encoder" / "model.safetensors"),
+            ModelConfig(path=repo / "vae"),
+        ],
+        tokenizer_config=ModelConfig(model_id=repo_id, origin_file_pattern="tokenizer/"),
+        memory="cpu",
+    )
+    assert [patterns[0] for _, patterns in fetched] == [
+        "transformer/diffusion_pytorch_model.safetensors",
+        "unconditional_transformer/diffusion_pytorch_model.safetensors",
+        "tokenizer/*",
+    ]
+    a = pipe("a cat", seed=2, num_inference_steps=2, **FAST)
+    b = pipes["fp8"]("a cat", seed=2, num_inference_steps=2, **FAST)
+    assert a.tobytes() == b.tobytes()
+
+
+def test_bf16_repackage_borrows_the_fp8_tokenizer(tiny_repos, tmp_path, monkeypatch):
+    repackage = tmp_path / "repackage"
+    repackage.mkdir()
+    for role in ("transformer", "unconditional_transformer", "text_encoder", "vae"):
+        (repackage / role).symlink_to(tiny_repos["bf16"] / role)
+    folders = {"DiffSynth-Studio/ideogram-4-bf16-repackage": repackage, "ideogram-ai/ideogram-4-fp8": tiny_repos["fp8"]}
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(folders[repo_id]))
+    with pytest.warns(UserWarning, match="ships no tokenizer; using the one of ideogram-ai/ideogram-4-fp8"):
+        pipe = Ideogram4Pipeline.from_pretrained("DiffSynth-Studio/ideogram-4-bf16-repackage", memory="cpu")
+    image = pipe("a cat", seed=2, num_inference_steps=2, **FAST)  # default bfloat16 compute on the CPU
+    assert image.size == (64, 48)
+    assert read_image_metadata(image)["settings"]["model"] == "DiffSynth-Studio/ideogram-4-bf16-repackage"

@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from ideogram_app.pipeline.memory import (
+    KNOWN_WEIGHTS,
+    MemoryPlan,
+    estimate_memory,
+    weight_bytes_from_files,
+)
+from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def test_plans_place_components_by_mode():
+    cpu = MemoryPlan.create("cpu", "cuda")
+    assert cpu.device == cpu.storage_device == torch.device("cpu")
+    full = MemoryPlan.create("full", "cuda:0")
+    assert full.device == full.storage_device == torch.device("cuda:0")
+    offload = MemoryPlan.create("offload", "cuda")
+    assert (offload.device, offload.storage_device) == (torch.device("cuda"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="memory mode 'tiny' is unknown; choose one of full, offload, cpu"):
+        MemoryPlan.create("tiny")
+
+
+def test_running_is_a_no_op_when_storage_is_the_device():
+    layer = torch.nn.Linear(2, 2)
+    with MemoryPlan.create("cpu").running(layer) as active:
+        assert active is layer and layer.weight.device.type == "cpu"
+
+
+@pytest.mark.parametrize("layout,fp8", [("fp8", "keep"), ("fp8", "dequantize"), ("split", "keep")])
+def test_weight_bytes_from_headers_match_the_loaded_modules(tiny_repos, layout, fp8):
+    dtype = torch.float32
+    estimate = weight_bytes_from_files(tiny_repos[layout], fp8=fp8, dtype=dtype)
+    pipe = Ideogram4Pipeline.from_pretrained(tiny_repos[layout], torch_dtype=dtype, memory="cpu", fp8=fp8)
+    loaded = {
+        "transformer": module_bytes(pipe.transformer),
+        "unconditional_transformer": module_bytes(pipe.unconditional_transformer),
+        "text_encoder": module_bytes(pipe.text_encoder),
+        "vae": module_bytes(pipe.vae),
+    }
+    assert set(estimate) == set(loaded)
+    for name in loaded:
+        assert estimate[name] == pytest.approx(loaded[name], rel=0.02), name
+    if layout == "fp8":
+        smaller = weight_bytes_from_files(tiny_repos[layout], fp8="keep", dtype=dtype)["transformer"]
+        larger = weight_bytes_from_files(tiny_repos[layout], fp8="dequantize", dtype=dtype)["transformer"]
+        assert smaller < larger
+
+
+def test_estimates_follow_the_modes():
+    weights = KNOWN_WEIGHTS["fp8"]
+    full, offload, cpu = (estimate_memory(weights, mode) for mode in ("full", "offload", "cpu"))
+    total = sum(weights.values())
+    assert total < full.device_bytes < total + 2 * 10**9  # weights plus < 2 GB of activations at 1024²
+    assert weights["transformer"] < offload.device_bytes < full.device_bytes / 2
+    assert offload.host_bytes == total
+    assert cpu.device_bytes == 0 and cpu.host_bytes == full.device_bytes
+    assert estimate_memory(weights, "full", 2048, 2048).device_bytes > full.device_bytes
+    assert full.describe() == f"about {full.device_bytes / 1e9:.1f} GB of GPU memory and 0.0 GB of RAM"
+    assert cpu.describe().startswith("CPU only: about 27.")
