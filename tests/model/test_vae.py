@@ -108,21 +108,23 @@ def test_tiled_decode_with_one_tile_is_the_plain_decode(ours, latent):
         assert torch.equal(ours.decode_tiled(latent, tile_size=32, overlap=4), ours.decode(latent))
 
 
-def test_tiled_decode_blending_is_exact_when_every_tile_sees_the_whole_latent(ours, latent):
+def test_tiled_decode_blending_is_exact_when_every_tile_sees_the_whole_latent(ours):
     # margin >= latent size: each tile's context is the full latent, so only cropping + blending
-    # arithmetic remains; it must reproduce decode to float rounding (3x3 = 9 tiles here).
+    # arithmetic remains; it must reproduce decode to float rounding (2 x 3 = 6 tiles here).
+    z = torch.randn(1, 32, 10, 14, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        tiled = ours.decode_tiled(latent, tile_size=8, overlap=3, margin=20)
-        assert (tiled - ours.decode(latent)).abs().max() <= 1e-5
+        tiled = ours.decode_tiled(z, tile_size=8, overlap=3, margin=16)
+        assert (tiled - ours.decode(z)).abs().max() <= 1e-5
 
 
 def test_tiled_decode_close_to_untiled_at_working_settings(ours):
-    z = torch.randn(1, 32, 24, 40, generator=torch.Generator().manual_seed(11))
+    z = torch.randn(1, 32, 20, 28, generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
         full = ours.decode(z)
-        tiled = ours.decode_tiled(z, tile_size=16, overlap=4, margin=16)
-        no_context = ours.decode_tiled(z, tile_size=16, overlap=4, margin=0)
+        tiled = ours.decode_tiled(z, tile_size=12, overlap=4, margin=12)
+        no_context = ours.decode_tiled(z, tile_size=12, overlap=4, margin=0)
     error = (tiled - full).abs()
-    # Measured 0.14 max / 0.0067 mean on outputs of amplitude ~3.5 (per-tile GroupNorm statistics).
-    assert error.max() <= 0.2 and error.mean() <= 0.01
+    # Measured: max 0.152, mean 0.0086 on outputs of amplitude 3.05 (per-tile GroupNorm statistics);
+    # without the context margin the mean error is 0.058.
+    assert error.max() <= 0.2 and error.mean() <= 0.012
     assert (no_context - full).abs().mean() > 4 * error.mean()  # the context margin is what makes it close
