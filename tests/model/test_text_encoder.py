@@ -6,11 +6,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import Qwen3VLConfig, Qwen3VLModel
+from transformers import Qwen3VLConfig, Qwen3VLModel, Qwen3VLTextConfig, Qwen3VLTextModel
 
 import ideogram_app.model.text_encoder as text_encoder_module
 from ideogram_app.model.fp8 import Fp8Linear
-from ideogram_app.model.text_encoder import TAP_LAYERS, PromptTooLongError, load_text_encoder
+from ideogram_app.model.text_encoder import (
+    QWEN3_VL_8B_TEXT_CONFIG,
+    TAP_LAYERS,
+    PromptTooLongError,
+    load_text_encoder,
+)
 from tests.fixtures.tiny_text_encoder import (
     LLM_FEATURES_DIM,
     write_tiny_text_encoder,
@@ -147,3 +152,16 @@ def test_prefixed_or_foreign_keys_are_rejected(repos, tmp_path):
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=r"not a Qwen3VLModel state dict.*'model\.language_model\."):
         load_text_encoder(tmp_path / "model.safetensors", tokenizer_path=repos["bf16"] / "tokenizer")
+
+
+def test_default_text_config_is_qwen3_vl_8b():
+    # Used when text_encoder/config.json is absent; spec §1.1 / §5.5 sizes, built on meta.
+    with torch.device("meta"):
+        model = Qwen3VLTextModel(Qwen3VLTextConfig(**QWEN3_VL_8B_TEXT_CONFIG))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 3) == 7.568
+    assert round(model.embed_tokens.weight.numel() / 1e9, 3) == 0.622
+    attention = model.layers[35].self_attn
+    assert tuple(attention.q_proj.weight.shape) == (4096, 4096)
+    assert tuple(attention.k_proj.weight.shape) == (1024, 4096)
+    assert tuple(model.layers[0].mlp.down_proj.weight.shape) == (4096, 12288)
+    assert len(TAP_LAYERS) * model.config.hidden_size == 53248

@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKLFlux2
 from safetensors.torch import load_file, save_file
 
-from ideogram_app.model.flux2_vae import Flux2VAEConfig
+from ideogram_app.model.flux2_vae import Flux2VAE, Flux2VAEConfig
 from ideogram_app.model.vae_loading import load_vae
 from tests.fixtures.tiny_vae import TINY_VAE_CONFIG, tiny_vae_state_dict, write_tiny_vae
 
@@ -128,3 +128,13 @@ def test_tiled_decode_close_to_untiled_at_working_settings(ours):
     # without the context margin the mean error is 0.058.
     assert error.max() <= 0.2 and error.mean() <= 0.012
     assert (no_context - full).abs().mean() > 4 * error.mean()  # the context margin is what makes it close
+
+
+def test_default_config_is_the_released_flux2_vae_layout():
+    # Key/shape set of diffusers' default AutoencoderKLFlux2 (= FLUX.2-dev's VAE, spec §6.1), on meta.
+    with torch.device("meta"):
+        ours = Flux2VAE(Flux2VAEConfig())
+        reference = AutoencoderKLFlux2()
+    shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert round(sum(p.numel() for p in ours.parameters()) / 1e6) == 84  # spec §1.1: ≈84 M
