@@ -46,15 +46,26 @@ class MemoryPlan:
 
     @contextmanager
     def running(self, module: nn.Module) -> Iterator[nn.Module]:
-        """Have `module` on the compute device for the duration of the block."""
+        """Have `module` on the compute device for the duration of the block.
+
+        When it lives elsewhere, each weight gets a device copy on entry and its stored tensor back on
+        exit: inference never changes weights, so nothing is copied back and the host copy is reused.
+        """
         if self.storage_device == self.device:
             yield module
             return
-        module.to(self.device)
+        stored = []  # (owner dict, name, stored tensor): parameters and buffers of every submodule
+        for sub in module.modules():
+            for table in (sub._parameters, sub._buffers):
+                stored += [(table, name, t) for name, t in table.items() if t is not None and t.device != self.device]
         try:
+            for table, name, tensor in stored:
+                moved = tensor.to(self.device, non_blocking=True)
+                table[name] = nn.Parameter(moved, requires_grad=False) if isinstance(tensor, nn.Parameter) else moved
             yield module
         finally:
-            module.to(self.storage_device)
+            for table, name, tensor in stored:
+                table[name] = tensor
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 

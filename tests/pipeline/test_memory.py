@@ -62,3 +62,16 @@ def test_estimates_follow_the_modes():
     assert estimate_memory(weights, "full", 2048, 2048).device_bytes > full.device_bytes
     assert full.describe() == f"about {full.device_bytes / 1e9:.1f} GB of GPU memory and 0.0 GB of RAM"
     assert cpu.describe().startswith("CPU only: about 27.")
+
+
+def test_offload_gives_a_device_copy_and_restores_the_stored_weights():
+    """The meta device stands in for a GPU here: the module must really sit there inside the block
+    (forward runs on meta tensors) and get back its very own CPU tensors afterwards (no copy back)."""
+    plan = MemoryPlan("offload", torch.device("meta"), torch.device("cpu"))
+    layer = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    pointers = [t.data_ptr() for t in (*layer.parameters(), *layer.buffers())]
+    with plan.running(layer) as active:
+        assert {t.device.type for t in (*active.parameters(), *active.buffers())} == {"meta"}
+        assert active(torch.empty(2, 3, device="meta")).shape == (2, 4)
+    assert {t.device.type for t in (*layer.parameters(), *layer.buffers())} == {"cpu"}
+    assert [t.data_ptr() for t in (*layer.parameters(), *layer.buffers())] == pointers
