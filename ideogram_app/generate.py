@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from ideogram_app.caption import CaptionSyntaxError
@@ -116,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    import torch  # after validation: a typo in the arguments should not wait for torch
-
-    from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
+    from ideogram_app.pipeline.pipeline import Ideogram4Pipeline  # after validation: loads transformers
 
     try:
         pipe = Ideogram4Pipeline.from_pretrained(

@@ -1,16 +1,25 @@
-"""Text-to-image and img2img pipeline around the Ideogram 4 model stack."""
-from .hub import ModelSourceError, resolve_model
-from .memory import MEMORY_MODES, MemoryEstimate, MemoryPlan, estimate_memory, weight_bytes_from_files, KNOWN_WEIGHTS
-from .metadata import NoImageMetadataError, read_image_metadata, save_png
-from .model_config import ModelConfig
-from .pipeline import GenerationCancelled, GenerationRequest, Ideogram4Pipeline
-from .prompt import InvalidCaptionError, prepare_prompt
-from .sampling import PRESETS, resolve_sampler, schedule
-from .sizes import ASPECT_PRESETS, SizeError, check_size
+"""Text-to-image and img2img pipeline around the Ideogram 4 model stack.
 
-__all__ = [
-    "ASPECT_PRESETS", "GenerationCancelled", "GenerationRequest", "Ideogram4Pipeline", "InvalidCaptionError",
-    "KNOWN_WEIGHTS", "MEMORY_MODES", "MemoryEstimate", "MemoryPlan", "ModelConfig", "ModelSourceError",
-    "NoImageMetadataError", "PRESETS", "SizeError", "check_size", "estimate_memory", "prepare_prompt",
-    "read_image_metadata", "resolve_model", "resolve_sampler", "save_png", "schedule", "weight_bytes_from_files",
-]
+Names are imported lazily (PEP 562) so that `ideogram_app.pipeline.sizes` or `.metadata` can be used
+without loading torch and transformers.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "ModelSourceError": "hub", "resolve_model": "hub",
+    "MEMORY_MODES": "memory", "KNOWN_WEIGHTS": "memory", "MemoryEstimate": "memory", "MemoryPlan": "memory",
+    "estimate_memory": "memory", "weight_bytes_from_files": "memory",
+    "NoImageMetadataError": "metadata", "read_image_metadata": "metadata", "save_png": "metadata",
+    "ModelConfig": "model_config",
+    "GenerationCancelled": "pipeline", "GenerationRequest": "pipeline", "Ideogram4Pipeline": "pipeline",
+    "InvalidCaptionError": "prompt", "prepare_prompt": "prompt",
+    "PRESETS": "sampling", "resolve_sampler": "sampling", "schedule": "sampling",
+    "ASPECT_PRESETS": "sizes", "SizeError": "sizes", "check_size": "sizes",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
