@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ideogram_app.caption import CaptionSyntaxError
 from ideogram_app.pipeline.hub import ModelSourceError
-from ideogram_app.pipeline.memory import MEMORY_MODES
+from ideogram_app.pipeline.memory import FP8_MODES, MEMORY_MODES
 from ideogram_app.pipeline.metadata import save_png
 from ideogram_app.pipeline.prompt import InvalidCaptionError, prepare_prompt
 from ideogram_app.pipeline.sampling import PRESETS, resolve_sampler
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", default="full", choices=MEMORY_MODES, help="full | offload | cpu")
     p.add_argument("--device", default=None, help="compute device (default cuda if available, else cpu)")
     p.add_argument("--dtype", default="bfloat16", choices=DTYPES)
-    p.add_argument("--fp8", default="keep", choices=("keep", "dequantize"), help="keep fp8 weights fp8 (memory) or widen once (speed)")
+    p.add_argument("--fp8", default="auto", choices=FP8_MODES,
+                   help="keep fp8 weights fp8 (memory), widen them once (speed), or auto: widen when the GPU has room")
     return p
 
 

@@ -11,6 +11,7 @@ the mode. Layer streaming can later be another plan with a finer-grained `runnin
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from ideogram_app.model.safetensors_io import read_headers, resolve_safetensors
 MemoryMode = Literal["full", "offload", "cpu"]
 MEMORY_MODES: tuple[str, ...] = ("full", "offload", "cpu")
 Fp8Mode = Literal["keep", "dequantize"]
+FP8_MODES: tuple[str, ...] = ("auto", "keep", "dequantize")
 
 COMPONENTS = ("transformer", "unconditional_transformer", "text_encoder", "vae")
 
@@ -85,37 +87,46 @@ KNOWN_WEIGHTS: dict[str, dict[str, int]] = {
 _EMB, _FFN, _TEXT_FEATURES, _VAE_TOP_CHANNELS = 4608, 12288, 53248, 128
 
 
-def weight_bytes_from_files(repo: str | Path, fp8: Fp8Mode = "keep", dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
-    """Bytes each component will occupy once loaded, from the safetensors headers (no data read).
+def component_weight_bytes(path: str | Path, role: str, fp8: Fp8Mode = "keep", dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes one component will occupy once loaded, from its safetensors headers (no data read).
 
     fp8 tensors count one byte when kept, `dtype`'s size when dequantised (their scales then vanish);
     packed 4-bit data counts as stored; other floats are cast to `dtype`. The text encoder's vision
     tower is never loaded and is not counted.
     """
     width = torch.tensor([], dtype=dtype).element_size()
-    out = {}
-    for component in COMPONENTS:
-        try:
-            infos = read_headers(resolve_safetensors(Path(repo) / component))
-        except FileNotFoundError:
+    total = 0
+    for name, info in read_headers(resolve_safetensors(path)).items():
+        if role == "text_encoder" and name.startswith("visual."):
             continue
-        total = 0
-        for name, info in infos.items():
-            if component == "text_encoder" and name.startswith("visual."):
-                continue
-            numel = 1
-            for dim in info.shape:
-                numel *= dim
-            if info.dtype == torch.float8_e4m3fn:
-                total += numel * (1 if fp8 == "keep" else width)
-            elif name.endswith(".weight_scale") and fp8 == "dequantize":
-                continue
-            elif info.dtype.is_floating_point and not name.endswith(".weight_scale"):
-                total += numel * width
-            else:
-                total += info.nbytes
-        out[component] = total
-    return out
+        numel = math.prod(info.shape)
+        if info.dtype == torch.float8_e4m3fn:
+            total += numel * (1 if fp8 == "keep" else width)
+        elif name.endswith(".weight_scale"):
+            total += 0 if fp8 == "dequantize" else info.nbytes
+        elif info.dtype.is_floating_point:
+            total += numel * width
+        else:
+            total += info.nbytes
+    return total
+
+
+def weight_bytes_from_files(repo: str | Path, fp8: Fp8Mode = "keep", dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
+    """`component_weight_bytes` of every component found in a repo folder."""
+    return {
+        role: component_weight_bytes(Path(repo) / role, role, fp8, dtype)
+        for role in COMPONENTS
+        if (Path(repo) / role).is_dir()
+    }
+
+
+def choose_fp8(plan: MemoryPlan, dequantized_bytes: int, headroom: int = 4 * _GB) -> Fp8Mode:
+    """'dequantize' (faster steps) when every weight fits widened on the device with room to spare,
+    which only a `full` plan on CUDA can tell; 'keep' (half the memory) otherwise."""
+    if plan.mode != "full" or plan.device.type != "cuda":
+        return "keep"
+    free, _ = torch.cuda.mem_get_info(plan.device)
+    return "dequantize" if dequantized_bytes + headroom <= free else "keep"
 
 
 def activation_bytes(height: int, width: int, num_images: int = 1, text_tokens: int = 1024, bytes_per: int = 2) -> dict[str, int]:

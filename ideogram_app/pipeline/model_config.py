@@ -88,6 +88,10 @@ class ComponentPaths:
     unconditional_transformer: Path | None = None
     names: dict[str, str] = field(default_factory=dict)  # role -> what the user asked for (for metadata)
 
+    def weights(self) -> dict[str, Path]:
+        """Role -> path of every weight-carrying component present."""
+        return {role: getattr(self, role) for role in WEIGHT_ROLES if getattr(self, role) is not None}
+
 
 def classify_weights(path: Path) -> str:
     """Role of a weights file from its keys: 'dit', 'text_encoder' or 'vae'."""

@@ -27,7 +27,7 @@ from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS, PromptTokenizer
 from ideogram_app.model.text_encoder import load_text_encoder
 from ideogram_app.model.token_layout import build_token_layout
 from ideogram_app.model.vae_loading import load_vae
-from ideogram_app.pipeline.memory import Fp8Mode, MemoryPlan
+from ideogram_app.pipeline.memory import FP8_MODES, MemoryPlan, choose_fp8, component_weight_bytes
 from ideogram_app.pipeline.metadata import attach_metadata, make_record
 from ideogram_app.pipeline.model_config import (
     ComponentPaths,
@@ -123,14 +123,15 @@ class Ideogram4Pipeline:
         model_configs: list[ModelConfig] | None = None,
         tokenizer_config: ModelConfig | None = None,
         memory: str = "full",
-        fp8: Fp8Mode = "keep",
+        fp8: str = "auto",
         source: str | None = None,
     ) -> "Ideogram4Pipeline":
         """Load from a repo id / local folder (`model`), or DiffSynth-style `model_configs`.
 
         `memory` is "full" (all on `device`), "offload" (components visit `device` only while they run)
         or "cpu". `fp8="keep"` stores fp8 checkpoints as fp8 (half the memory); "dequantize" widens
-        them once at load (faster steps). `source` picks "huggingface" (default) or "modelscope".
+        them once at load (faster steps); "auto" dequantises only in `full` mode on a GPU with room for
+        it. `source` picks "huggingface" (default) or "modelscope".
         """
         if (model is None) == (model_configs is None):
             raise ValueError("pass either a model id/folder or model_configs=[ModelConfig(...), ...]")
@@ -150,12 +151,18 @@ class Ideogram4Pipeline:
         torch_dtype: torch.dtype = torch.bfloat16,
         device: str | torch.device | None = None,
         memory: str = "full",
-        fp8: Fp8Mode = "keep",
+        fp8: str = "auto",
         model_name: str = "",
     ) -> "Ideogram4Pipeline":
         plan = MemoryPlan.create(memory, device)
+        if fp8 not in FP8_MODES:
+            raise ValueError(f"fp8 mode {fp8!r} is unknown; choose one of {', '.join(FP8_MODES)}")
+        if fp8 == "auto":
+            fp8 = choose_fp8(plan, sum(
+                component_weight_bytes(path, role, "dequantize", torch_dtype)
+                for role, path in paths.weights().items()
+            ))
         where = plan.storage_device
-        tokenizer = PromptTokenizer(paths.tokenizer)
         transformer = load_transformer(paths.transformer, device=where, dtype=torch_dtype, fp8=fp8)
         unconditional = None
         if paths.unconditional_transformer is None:
@@ -173,7 +180,7 @@ class Ideogram4Pipeline:
             paths.text_encoder, device=where, dtype=torch_dtype, fp8=fp8, tokenizer_path=paths.tokenizer
         )
         vae = load_vae(paths.vae, device=where, dtype=torch_dtype)
-        return cls(transformer, text_encoder, tokenizer, vae, unconditional, plan, model_name)
+        return cls(transformer, text_encoder, text_encoder.tokenizer, vae, unconditional, plan, model_name)
 
     # ----- validation (no model work) ------------------------------------------------------------
     def prepare(

@@ -53,3 +53,12 @@ def test_cuda_matches_cpu_in_float32(tiny_repos):
     a = cpu("a cat", output_type="latent", **FAST)
     b = gpu("a cat", output_type="latent", **FAST).cpu()
     assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), (a - b).abs().max()
+
+
+def test_auto_fp8_widens_in_full_mode_on_a_roomy_gpu_and_keeps_when_offloading(tiny_repos):
+    from ideogram_app.model.fp8 import Fp8Linear
+
+    full = Ideogram4Pipeline.from_pretrained(tiny_repos["fp8"], device="cuda", memory="full")
+    offload = Ideogram4Pipeline.from_pretrained(tiny_repos["fp8"], device="cuda", memory="offload")
+    assert not any(isinstance(m, Fp8Linear) for m in full.transformer.modules())
+    assert any(isinstance(m, Fp8Linear) for m in offload.transformer.modules())

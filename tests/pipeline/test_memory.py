@@ -4,9 +4,11 @@ import torch
 from ideogram_app.pipeline.memory import (
     KNOWN_WEIGHTS,
     MemoryPlan,
+    choose_fp8,
     estimate_memory,
     weight_bytes_from_files,
 )
+from ideogram_app.model.fp8 import Fp8Linear
 from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
 
 
@@ -75,3 +77,15 @@ def test_offload_gives_a_device_copy_and_restores_the_stored_weights():
         assert active(torch.empty(2, 3, device="meta")).shape == (2, 4)
     assert {t.device.type for t in (*layer.parameters(), *layer.buffers())} == {"cpu"}
     assert [t.data_ptr() for t in (*layer.parameters(), *layer.buffers())] == pointers
+
+
+def test_fp8_auto_keeps_fp8_unless_a_full_gpu_plan_has_room():
+    assert choose_fp8(MemoryPlan.create("cpu"), 10) == "keep"
+    assert choose_fp8(MemoryPlan.create("offload", "cuda"), 10) == "keep"
+
+
+def test_auto_fp8_on_the_cpu_loads_fp8_linears(tiny_repos):
+    pipe = Ideogram4Pipeline.from_pretrained(tiny_repos["fp8"], torch_dtype=torch.float32, memory="cpu")
+    assert any(isinstance(m, Fp8Linear) for m in pipe.transformer.modules())
+    with pytest.raises(ValueError, match="fp8 mode 'fast' is unknown; choose one of auto, keep, dequantize"):
+        Ideogram4Pipeline.from_pretrained(tiny_repos["fp8"], memory="cpu", fp8="fast")
