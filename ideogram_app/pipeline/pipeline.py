@@ -22,7 +22,7 @@ from PIL import Image
 
 from ideogram_app.caption import Caption
 from ideogram_app.model.dit_loading import load_transformer
-from ideogram_app.model.latents import denormalize_latents, normalize_latents, patchify, unpatchify
+from ideogram_app.model.latents import TOKEN_CHANNELS, denormalize_latents, normalize_latents, patchify, unpatchify
 from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS, PromptTokenizer, PromptTooLongError
 from ideogram_app.model.text_encoder import load_text_encoder
 from ideogram_app.model.token_layout import build_token_layout
@@ -298,6 +298,8 @@ class Ideogram4Pipeline:
         output_type: Literal["pil", "latent"] = "pil",
     ):
         """Execute a validated request (see `prepare`)."""
+        if output_type not in ("pil", "latent"):
+            raise ValueError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
         device = self.memory.device
         batch = len(request.seeds)
         grid_h, grid_w = request.height // 16, request.width // 16
@@ -307,29 +309,31 @@ class Ideogram4Pipeline:
         if features.shape[1] != n_text:
             raise RuntimeError(f"text encoder returned {features.shape[1]} tokens, the tokenizer counted {n_text}")
 
-        # Step-independent work, done once: layouts, projected text rows, timestep tensors.
+        # Step-independent work, done once: layouts, projected text rows, timestep tensors, and the
+        # conditional input whose text rows stay zero.
         cond_layout = [x.to(device) for x in build_token_layout(n_text, grid_h, grid_w, batch)]
         uncond_layout = [x.to(device) for x in build_token_layout(0, grid_h, grid_w, batch)]
         with self.memory.running(self.transformer):
             text_hidden = self.transformer.project_text(features.to(device), cond_layout[2][:1, :n_text])
         text_hidden = text_hidden.expand(batch, -1, -1)
-        text_zeros = torch.zeros(batch, n_text, 128, device=device)
+        t_batches = torch.tensor(request.times, dtype=torch.float32, device=device)[:, None].expand(-1, batch)
 
         z = self._initial_latents(request, grid_h, grid_w).to(device)
+        cond_input = torch.zeros(batch, n_text + z.shape[1], TOKEN_CHANNELS, device=device)
         unconditional = self.unconditional_transformer or self.transformer
         times, guidance = request.times, request.sampler.guidance
         for step in range(request.sampler.steps):
             if stop_event is not None and stop_event.is_set():
                 raise GenerationCancelled(f"generation stopped after {step} of {request.sampler.steps} steps")
             t, t_next, g = times[step], times[step + 1], guidance[step]
-            t_batch = torch.full((batch,), t, dtype=torch.float32, device=device)
+            cond_input[:, n_text:] = z
             with self.memory.running(self.transformer):
-                out = self.transformer(torch.cat([text_zeros, z], dim=1), t_batch, None, *cond_layout, text_hidden=text_hidden)
+                out = self.transformer(cond_input, t_batches[step], None, *cond_layout, text_hidden=text_hidden)
             v_cond = out[:, n_text:]
             v_uncond = None
             if g != 1.0:
                 with self.memory.running(unconditional):
-                    v_uncond = unconditional(z, t_batch, None, *uncond_layout)
+                    v_uncond = unconditional(z, t_batches[step], None, *uncond_layout)
             z = euler_step(z, guided_velocity(v_cond, v_uncond, g), t, t_next)
             if callback is not None:
                 callback(step + 1, request.sampler.steps)
@@ -355,7 +359,7 @@ class Ideogram4Pipeline:
         """Seeded noise per image (seed, seed+1, ...), mixed with the encoded input image for img2img."""
         noise = torch.cat([
             torch.randn(
-                (1, grid_h * grid_w, 128), dtype=torch.float32, device=request.rand_device,
+                (1, grid_h * grid_w, TOKEN_CHANNELS), dtype=torch.float32, device=request.rand_device,
                 generator=torch.Generator(request.rand_device).manual_seed(seed),
             )
             for seed in request.seeds

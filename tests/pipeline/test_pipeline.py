@@ -205,6 +205,7 @@ def test_missing_unconditional_transformer_warns_and_uses_the_conditional_one(ti
         (dict(prompt={"compositional_deconstruction": {"elements": []}, "extra": 1}), InvalidCaptionError, "the caption has 2 error"),
         (dict(prompt='{"high_level_description": "x",'), ValueError, "invalid JSON at line 1"),
         (dict(prompt="word " * 3000), PromptTooLongError, "Ideogram 4 accepts at most 2048"),
+        (dict(output_type="np"), ValueError, "output_type must be 'pil' or 'latent', got 'np'"),
     ],
 )
 def test_bad_input_fails_before_any_model_work(pipes, kwargs, error, message):
