@@ -273,3 +273,16 @@ def test_bf16_repackage_borrows_the_fp8_tokenizer(tiny_repos, tmp_path, monkeypa
     image = pipe("a cat", seed=2, num_inference_steps=2, **FAST)  # default bfloat16 compute on the CPU
     assert image.size == (64, 48)
     assert read_image_metadata(image)["settings"]["model"] == "DiffSynth-Studio/ideogram-4-bf16-repackage"
+
+
+def test_input_images_are_scaled_to_cover_and_centre_cropped():
+    from ideogram_app.pipeline.pipeline import load_input_image
+
+    source = Image.new("RGB", (200, 100), (255, 0, 0))
+    source.paste((0, 0, 255), (100, 0, 200, 100))
+    source.paste((0, 255, 0), (0, 0, 20, 100))  # a strip that the crop must cut away
+    out = load_input_image(source, 64, 64)
+    assert out.size == (64, 64)
+    assert out.getpixel((2, 32)) == (255, 0, 0) and out.getpixel((61, 32)) == (0, 0, 255)
+    tall = load_input_image(source.convert("L"), 32, 96)
+    assert tall.size == (32, 96) and tall.mode == "RGB"
