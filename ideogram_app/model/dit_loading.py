@@ -22,7 +22,7 @@ from ideogram_app.model.checkpoint_layout import (
     fused_key,
     stored_shape_to_fused,
 )
-from ideogram_app.model.fp8 import dequantize_fp8, swap_linears_for_fp8
+from ideogram_app.model.fp8 import DEQUANT_WORKSPACE_ELEMENTS, dequantize_fp8, swap_linears_for_fp8
 from ideogram_app.model.ideogram4_dit import Ideogram4Config, Ideogram4DiT
 from ideogram_app.model.nf4 import nf4_linear, require_nf4_support, widen_nf4_quant_state
 from ideogram_app.model.safetensors_io import TensorInfo, assign_state_dict, iter_tensors, read_headers, resolve_safetensors
@@ -167,7 +167,18 @@ def _stream_state(
     for key, tensor in iter_tensors(header, scale_keys):  # tiny, read first so weights can be dequantised
         fused, part = fused_key(key)
         _place(scales, fused, part, tensor.to(device))
-    for key, tensor in iter_tensors(header, [k for k in header if not k.endswith(".weight_scale")]):
+    def copied_at_once(key: str) -> bool:
+        """Tensors that live only until converted: fp8 weights being dequantised, q/k/v parts being
+        copied into their fused rows. (NF4 data is handed over as read, so never.)"""
+        fused, part = fused_key(key)
+        if layout.weights == "nf4":
+            return False
+        dequantised = layout.weights == "fp8" and not keep_fp8 and fused.endswith(".weight") and fused[:-7] in quantised
+        return dequantised or part is not None
+
+    others = [k for k in header if not k.endswith(".weight_scale")]
+    workspace = torch.empty(DEQUANT_WORKSPACE_ELEMENTS if scales and not keep_fp8 else 0, dtype=torch.float32, device=device)
+    for key, tensor in iter_tensors(header, others, transient=copied_at_once):
         fused, part = fused_key(key)
         owner = fused[: -len(".weight")] if fused.endswith(".weight") else None
         if layout.weights == "fp8" and owner in quantised:
@@ -177,7 +188,7 @@ def _stream_state(
                 if part is not None:
                     rows = tensor.shape[0]
                     scale = scale[part * rows : (part + 1) * rows]
-                tensor = dequantize_fp8(tensor, scale, dtype)
+                tensor = dequantize_fp8(tensor, scale, dtype, workspace)
         elif layout.weights == "nf4" and (owner in quantised or _linear_prefix(fused) is not None):
             # Packed data and statistics stay on the host in their stored dtype until Linear4bit takes them.
             if fused.endswith((".quant_map", ".quant_state.bitsandbytes__nf4")):

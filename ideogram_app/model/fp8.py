@@ -17,19 +17,32 @@ from torch import nn
 
 FP8_DTYPE = torch.float8_e4m3fn
 
-# Rows dequantised per chunk: bounds the fp32 temporary to this many rows instead of the whole matrix.
-_DEQUANT_CHUNK_ELEMENTS = 1 << 24
+DEQUANT_WORKSPACE_ELEMENTS = 1 << 20
 
 
-def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`(weight.float() * scale[:, None]).to(dtype)`, computed in row chunks to bound the fp32 temporary."""
+def dequantize_fp8(
+    weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, workspace: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`(weight.float() * scale[:, None]).to(dtype)`, bit for bit, without an fp32 copy of the matrix.
+
+    Rows are widened in chunks through `workspace` (a flat fp32 buffer; one of
+    DEQUANT_WORKSPACE_ELEMENTS is made if none is given). A loader passes one workspace for all its
+    layers: no per-layer temporaries are allocated, so none can fragment the heap and inflate RSS.
+    """
     if weight.dim() != 2 or scale.shape != (weight.shape[0],):
         raise ValueError(f"fp8 weight {tuple(weight.shape)} needs a 1-D scale of {weight.shape[0]} rows, got {tuple(scale.shape)}")
+    if workspace is None:
+        workspace = torch.empty(min(weight.numel(), DEQUANT_WORKSPACE_ELEMENTS), dtype=torch.float32, device=weight.device)
+    out_rows, in_features = weight.shape
+    rows = max(1, workspace.numel() // max(1, in_features))
+    if rows * in_features > workspace.numel():
+        workspace = torch.empty(in_features, dtype=torch.float32, device=weight.device)  # one row wider than the workspace
     out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
-    rows = max(1, _DEQUANT_CHUNK_ELEMENTS // max(1, weight.shape[1]))
-    for start in range(0, weight.shape[0], rows):
-        stop = start + rows
-        out[start:stop] = (weight[start:stop].float() * scale[start:stop, None].float()).to(dtype)
+    for start in range(0, out_rows, rows):
+        stop = min(start + rows, out_rows)
+        widened = workspace[: (stop - start) * in_features].view(stop - start, in_features)
+        widened.copy_(weight[start:stop]).mul_(scale[start:stop, None])
+        out[start:stop].copy_(widened)
     return out
 
 
@@ -45,7 +58,8 @@ class Fp8Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
 
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
-        return dequantize_fp8(self.weight, self.weight_scale, dtype)
+        """The formula in one shot: per-forward speed matters more here than a transient fp32 copy."""
+        return (self.weight.float() * self.weight_scale[:, None]).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)

@@ -9,7 +9,7 @@ meta device. Peak host memory is the model's bytes on the target plus one tensor
 Public API:
 - `TensorInfo`, `read_header(file)`, `read_headers(files)` — names, dtypes and shapes, no data read.
 - `resolve_safetensors(path, subfolder)` — repo folder / component folder / file / shard index → files.
-- `iter_tensors(files, names=None)` — yields `(name, cpu_tensor)` one at a time, file dtype.
+- `iter_tensors(infos, names=None, transient=None)` — yields `(name, cpu_tensor)` one at a time.
 - `assign_state_dict(module, state)` — strict `load_state_dict(assign=True)` with a precise error.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -126,9 +126,14 @@ def resolve_safetensors(path: str | Path, subfolder: str | None = None) -> list[
     raise FileNotFoundError(f"no .safetensors file found in {where}")
 
 
-def read_tensor(info: TensorInfo, handle=None) -> torch.Tensor:
-    """Read one tensor into a fresh CPU buffer with plain reads (no mmap), in its stored dtype."""
-    buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+def read_tensor(info: TensorInfo, handle=None, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """Read one tensor into CPU memory with plain reads (no mmap), in its stored dtype.
+
+    `buffer` (uint8, at least `info.nbytes`) is filled instead of allocating; the result is a view of it.
+    """
+    if buffer is None:
+        buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+    buffer = buffer[: info.nbytes]
     own = handle is None
     f = open(info.file, "rb") if own else handle
     try:
@@ -138,22 +143,34 @@ def read_tensor(info: TensorInfo, handle=None) -> torch.Tensor:
     finally:
         if own:
             f.close()
-    if info.dtype == torch.bool:
-        return buffer.view(torch.bool).reshape(info.shape)
     return buffer.view(info.dtype).reshape(info.shape)
 
 
-def iter_tensors(infos: Mapping[str, TensorInfo], names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield `(name, cpu tensor)` one at a time in file order, so the caller can convert and drop each."""
+def iter_tensors(
+    infos: Mapping[str, TensorInfo], names: Iterable[str] | None = None, transient: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield `(name, cpu tensor)` one at a time in file order, so the caller can convert and drop each.
+
+    Tensors for which `transient(name)` is true are read into one reused scratch buffer and are only
+    valid until the next item — for tensors the caller converts at once (e.g. fp8 → bf16). Reusing the
+    buffer keeps freed read buffers from fragmenting the heap and inflating resident memory.
+    """
     wanted = list(infos) if names is None else list(names)
     wanted.sort(key=lambda n: (str(infos[n].file), infos[n].start))
     handles: dict[Path, object] = {}
+    scratch = torch.empty(0, dtype=torch.uint8)
     try:
         for name in wanted:
             info = infos[name]
             if info.file not in handles:
                 handles[info.file] = open(info.file, "rb")
-            yield name, read_tensor(info, handles[info.file])
+            buffer = None
+            if transient is not None and transient(name):
+                if scratch.numel() < info.nbytes:
+                    scratch = torch.empty(0, dtype=torch.uint8)  # drop the old one before growing
+                    scratch = torch.empty(info.nbytes, dtype=torch.uint8)
+                buffer = scratch
+            yield name, read_tensor(info, handles[info.file], buffer)
     finally:
         for handle in handles.values():
             handle.close()

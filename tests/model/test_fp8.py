@@ -21,13 +21,22 @@ def test_dequantize_equals_formula_exactly():
     assert torch.equal(dequantize_fp8(w8, scale, torch.bfloat16), ref.to(torch.bfloat16))
 
 
-def test_dequantize_in_chunks_matches_whole(monkeypatch):
-    import ideogram_app.model.fp8 as fp8
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dequantize_is_exact_over_every_fp8_value(dtype):
+    every_code = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    finite = every_code[~every_code.float().isnan()]
+    w8 = finite.repeat(3, 1)
+    scale = torch.tensor([1.0, 3.1e-3, 0.37])
+    assert torch.equal(dequantize_fp8(w8, scale, dtype), (w8.float() * scale[:, None]).to(dtype))
 
+
+def test_dequantize_through_a_small_workspace_matches_whole():
     torch.manual_seed(1)
     w8, scale = quantize_rows(torch.randn(50, 16))
-    monkeypatch.setattr(fp8, "_DEQUANT_CHUNK_ELEMENTS", 16 * 7)  # 7 rows per chunk, ragged last chunk
-    assert torch.equal(fp8.dequantize_fp8(w8, scale, torch.float32), w8.float() * scale[:, None])
+    workspace = torch.empty(16 * 7)  # 7 rows per chunk, ragged last chunk
+    assert torch.equal(dequantize_fp8(w8, scale, torch.bfloat16, workspace), (w8.float() * scale[:, None]).to(torch.bfloat16))
+    narrow = torch.empty(5)  # narrower than one row: falls back to a one-row buffer
+    assert torch.equal(dequantize_fp8(w8, scale, torch.float32, narrow), w8.float() * scale[:, None])
 
 
 def test_dequantize_rejects_2d_scale():
