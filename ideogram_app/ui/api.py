@@ -3,7 +3,8 @@
 They take and return plain values, so `gradio_client` and MCP agents can call them; type hints and
 docstrings become the API page and the MCP tool descriptions (Gradio reads the hints at run time,
 so this module must not use postponed annotations). Bad input raises `gr.Error` with a message
-that says what is wrong and where, before any heavy work.
+that says what is wrong and where, before any heavy work. (Issue paths are returned as
+`json_path`: gradio_client would take a dict key named `path` for a file to download.)
 """
 import gradio as gr
 from gradio.data_classes import FileData
@@ -69,11 +70,12 @@ class PublicApi:
             caption: the caption as JSON text (plain text gets a single warning).
 
         Returns:
-            One entry per issue with code, path (a JSON path such as compositional_deconstruction.elements[0].bbox), message and severity ("error" or "warning"); an empty list means valid and canonical.
+            One entry per issue with code, json_path (such as compositional_deconstruction.elements[0].bbox; "" is the whole caption), message and severity ("error" or "warning"); an empty list means valid and canonical.
         """
         if not isinstance(caption, str):
             raise gr.Error("caption must be a string of JSON text")
-        return [{"code": i.code, "path": i.path, "message": i.message, "severity": i.severity} for i in verify(caption)]
+        return [{"code": i.code, "json_path": i.path, "message": i.message, "severity": i.severity}
+                for i in verify(caption)]
 
     def format_caption(self, caption: str) -> str:
         """Canonicalise a caption: official key order, compact separators, literal non-ASCII, upper-case hex.

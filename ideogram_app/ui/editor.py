@@ -184,6 +184,8 @@ def set_element_field(state: EditorState, field: str, value: Any) -> EditorState
         changed = _with(element, bbox=list(DEFAULT_BOX) if value else None)
     else:
         raise ValueError(f"unknown element field {field!r}")
+    if changed == element:
+        return state
     new.elements[index] = changed
     return new
 
@@ -201,43 +203,75 @@ def _caption_object(caption: dict) -> Caption:
     return Caption.from_dict(caption)
 
 
-def set_high_level_description(state: EditorState, text: str) -> EditorState:
-    new = edited(state, field_key="high_level_description")
-    caption = _caption_object(new.caption)
-    caption.high_level_description = text if text else None
-    new.caption = caption.to_dict()
+def _with_caption(state: EditorState, caption: dict, field_key: str) -> EditorState:
+    """`state` with `caption`, as one undo step per field; the same object when nothing changed
+    (Gradio also reports programmatic field updates, which must not become edits)."""
+    if caption == state.caption:
+        return state
+    new = edited(state, field_key=field_key)
+    new.caption = caption
     return new
+
+
+def set_high_level_description(state: EditorState, text: str) -> EditorState:
+    caption = _caption_object(state.caption)
+    caption.high_level_description = text if text else None
+    return _with_caption(state, caption.to_dict(), "high_level_description")
 
 
 def set_background(state: EditorState, text: str) -> EditorState:
-    new = edited(state, field_key="background")
-    new.caption["compositional_deconstruction"]["background"] = text or ""
-    return new
+    caption = copy.deepcopy(state.caption)
+    caption["compositional_deconstruction"]["background"] = text or ""
+    return _with_caption(state, caption, "background")
 
 
-def set_style(state: EditorState, kind: str, aesthetics: str, lighting: str, photo_or_art: str, medium: str,
-              palette: list[str]) -> EditorState:
-    """Rebuild `style_description` from the form; kind 'none' removes the block."""
+STYLE_FIELDS = ("aesthetics", "lighting", "photo_or_art", "medium", "palette")
+
+
+def set_style_kind(state: EditorState, kind: str) -> EditorState:
+    """Add, switch or remove `style_description`. Switching photo <-> art keeps the filled-in values
+    and moves the `photo` text to `art_style` (or back); 'none' removes the block."""
     if kind not in STYLE_KINDS:
         raise ValueError(f"style kind must be one of {', '.join(STYLE_KINDS)}, got {kind!r}")
-    new = edited(state, field_key="style")
-    caption = _caption_object(new.caption)
+    caption = _caption_object(state.caption)
+    old = caption.style
     if kind == "none":
         caption.style = None
     else:
-        extra = caption.style.extra if caption.style else {}
-        caption.style = Style(aesthetics=aesthetics or "", lighting=lighting or "", medium=medium or "",
-                              photo=(photo_or_art or "") if kind == "photo" else None,
-                              art_style=(photo_or_art or "") if kind == "art" else None,
-                              color_palette=list(palette) or None, extra=extra)
-    new.caption = caption.to_dict()
-    return new
+        special = (old.photo if old.photo is not None else old.art_style) if old else ""
+        caption.style = Style(aesthetics=old.aesthetics if old else "", lighting=old.lighting if old else "",
+                              medium=old.medium if old else "", photo=special if kind == "photo" else None,
+                              art_style=special if kind == "art" else None,
+                              color_palette=old.color_palette if old else None, extra=old.extra if old else {})
+    return _with_caption(state, caption.to_dict(), "style_kind")
+
+
+def set_style_field(state: EditorState, field: str, value) -> EditorState:
+    """Change one field of the style block (no block: nothing to change). One field per call, because
+    Gradio reports each updated form field separately, with the others possibly not yet updated."""
+    if field not in STYLE_FIELDS:
+        raise ValueError(f"unknown style field {field!r}; expected one of {', '.join(STYLE_FIELDS)}")
+    caption = _caption_object(state.caption)
+    style = caption.style
+    if style is None:
+        return state
+    if field == "photo_or_art":
+        if style.photo is not None:
+            style.photo = value or ""
+        else:
+            style.art_style = value or ""
+    elif field == "palette":
+        style.color_palette = list(value) or None
+    else:
+        setattr(style, field, value or "")
+    return _with_caption(state, caption.to_dict(), f"style.{field}")
 
 
 # ---- JSON editor ----------------------------------------------------------------------------
 
 def ingest_json(state: EditorState, text: str) -> JsonResult:
-    """Text typed or pasted into the JSON editor -> new state, or the old state and where it is wrong."""
+    """Text typed or pasted into the JSON editor -> new state, or the old state and where it is wrong.
+    Text that already matches the state returns the very same state object (nothing to do)."""
     if not (text or "").strip():
         return JsonResult(state, "The JSON editor is empty; the canvas keeps the last valid caption.", [], False)
     try:
@@ -249,10 +283,14 @@ def ingest_json(state: EditorState, text: str) -> JsonResult:
         return JsonResult(state, "This JSON is not a caption yet; the canvas keeps the last valid caption.",
                           err.issues, False)
     if isinstance(parsed, PlainText):
+        if state.plain_text == parsed.text:
+            return JsonResult(state, "", [], True)
         new = copy.deepcopy(state)
         new.plain_text = parsed.text
         return JsonResult(new, "Plain-text prompt: it will be sent as it is (JSON captions give much better "
                                "control). The canvas is not used for plain text.", [], True)
+    if parsed.to_dict() == state.caption and state.plain_text is None:
+        return JsonResult(state, "", [], True)  # the editor just shows what the state holds
     new = edited(state, field_key="json")
     new.caption = parsed.to_dict()
     new.selected = clamp_selection(state.selected, len(new.elements))

@@ -106,6 +106,8 @@ class AppHandlers:
         if not result.accepted:
             return {"json_status": result.status + ("\n\n" + views.issues_markdown(result.issues)
                                                     if result.issues else "")}
+        if result.state is state:
+            return {}
         return self.editor_view(result.state, json_text=False, status=result.status)
 
     def on_json_blur(self, state: EditorState, text: str) -> dict:
@@ -121,6 +123,8 @@ class AppHandlers:
                 new = editor.set_element_field(state, field, value)
             except ValueError as err:
                 gr.Warning(str(err))
+                return {}
+            if new is state:
                 return {}
             return self.editor_view(new, fields=field in ("type", "has_box"))
         handler.__name__ = f"on_element_{field}"
@@ -140,20 +144,31 @@ class AppHandlers:
         return handler
 
     def on_high_level_description(self, state: EditorState, text: str) -> dict:
-        return self.editor_view(editor.set_high_level_description(state, text), fields=False)
+        new = editor.set_high_level_description(state, text)
+        return {} if new is state else self.editor_view(new, fields=False)
 
     def on_background_text(self, state: EditorState, text: str) -> dict:
-        return self.editor_view(editor.set_background(state, text), fields=False)
+        new = editor.set_background(state, text)
+        return {} if new is state else self.editor_view(new, fields=False)
 
-    def on_style(self, state: EditorState, kind: str, aesthetics: str, lighting: str, photo_or_art: str,
-                 medium: str, palette_count, *colors: str) -> dict:
-        palette = editor.palette_from_pickers(palette_count, list(colors))
-        new = editor.set_style(state, kind, aesthetics, lighting, photo_or_art, medium, palette)
-        out = self.editor_view(new, fields=False)
-        out["palette"] = views.scene_values(new)["palette"]
-        out["palette_count"] = len(palette)
-        out["photo_or_art_label"] = kind
-        return out
+    def on_style_kind(self, state: EditorState, kind: str) -> dict:
+        new = editor.set_style_kind(state, kind)
+        return {} if new is state else self.editor_view(new)
+
+    def on_style_field(self, field: str):
+        def handler(state: EditorState, value) -> dict:
+            new = editor.set_style_field(state, field, value)
+            return {} if new is state else self.editor_view(new, fields=False)
+        handler.__name__ = f"on_style_{field}"
+        return handler
+
+    def on_style_palette(self, state: EditorState, count, *colors: str) -> dict:
+        new = editor.set_style_field(state, "palette", editor.palette_from_pickers(count, list(colors)))
+        if new is state:
+            return {}
+        scene = views.scene_values(new)
+        return {**self.editor_view(new, fields=False), "palette": scene["palette"],
+                "palette_count": scene["palette_count"]}
 
     def on_undo(self, state: EditorState) -> dict:
         return self.editor_view(editor.apply_canvas_op(state, {"op": "undo"}))
@@ -203,12 +218,19 @@ class AppHandlers:
         width, height = ASPECT_PRESETS[label]
         return self._resize(state, width, height)
 
-    def on_custom_size(self, state: EditorState, width, height) -> dict:
-        try:
-            width, height = size_or_error(width, height)
-        except gr.Error as err:
-            return {"size_note": f"**Invalid size:** {err.message}"}
-        return self._resize(state, width, height, custom=True)
+    def on_custom_size(self, side: str):
+        """Width or height typed by the user; one side per event (see editor.set_style_field)."""
+        def handler(state: EditorState, value) -> dict:
+            width, height = (value, state.height) if side == "width" else (state.width, value)
+            try:
+                width, height = size_or_error(width, height)
+            except gr.Error as err:
+                return {"size_note": f"**Invalid size:** {err.message}"}
+            if (width, height) == (state.width, state.height):
+                return {}  # a preset (or an opened result) just set this field
+            return self._resize(state, width, height, custom=True)
+        handler.__name__ = f"on_custom_{side}"
+        return handler
 
     def _resize(self, state: EditorState, width: int, height: int, custom: bool = False) -> dict:
         new = copy.deepcopy(state)

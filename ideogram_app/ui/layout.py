@@ -182,24 +182,31 @@ def build_demo(slot: ModelSlot, default_preset: str = "default") -> gr.Blocks:
         state = ui["state"]
 
         ui["canvas"].edit(bind(handlers.on_canvas_edit), [state], trigger_mode="multiple", **glue)
-        ui["json"].input(bind(handlers.on_json_input), [state, ui["json"]], trigger_mode="always_last", **glue)
+        ui["json"].change(bind(handlers.on_json_input), [state, ui["json"]], trigger_mode="always_last", **glue)
         ui["json"].blur(bind(handlers.on_json_blur), [state, ui["json"]], **glue)
-        for field in ("type", "text", "desc", "has_box"):
-            ui[f"el_{field}"].input(bind(handlers.on_element_field(field)), [state, ui[f"el_{field}"]],
-                                    trigger_mode="always_last", **glue)
+        # Text fields listen to `change`: Gradio's `input` misses pasted text. Programmatic updates
+        # also fire `change`, so the editor treats "same value" as no edit.
+        for field in ("type", "has_box"):
+            ui[f"el_{field}"].input(bind(handlers.on_element_field(field)), [state, ui[f"el_{field}"]], **glue)
+        for field in ("text", "desc"):
+            ui[f"el_{field}"].change(bind(handlers.on_element_field(field)), [state, ui[f"el_{field}"]],
+                                     trigger_mode="always_last", **glue)
         for trigger in [ui["el_palette_count"], *el_pickers]:
             trigger.input(bind(handlers.on_element_palette), [state, ui["el_palette_count"], *el_pickers],
                           trigger_mode="always_last", **glue)
         ui["add_obj"].click(bind(handlers.on_add_element("obj")), [state], **glue)
         ui["add_text"].click(bind(handlers.on_add_element("text")), [state], **glue)
-        ui["hld"].input(bind(handlers.on_high_level_description), [state, ui["hld"]], trigger_mode="always_last", **glue)
-        ui["background"].input(bind(handlers.on_background_text), [state, ui["background"]],
-                               trigger_mode="always_last", **glue)
-        style_inputs = [state, ui["style_kind"], ui["aesthetics"], ui["lighting"], ui["photo_or_art"], ui["medium"],
-                        ui["palette_count"], *scene_pickers]
-        for trigger in [ui["style_kind"], ui["aesthetics"], ui["lighting"], ui["photo_or_art"], ui["medium"],
-                        ui["palette_count"], *scene_pickers]:
-            trigger.input(bind(handlers.on_style), style_inputs, trigger_mode="always_last", **glue)
+        ui["hld"].change(bind(handlers.on_high_level_description), [state, ui["hld"]], trigger_mode="always_last",
+                         **glue)
+        ui["background"].change(bind(handlers.on_background_text), [state, ui["background"]],
+                                trigger_mode="always_last", **glue)
+        ui["style_kind"].input(bind(handlers.on_style_kind), [state, ui["style_kind"]], **glue)
+        for field in ("aesthetics", "lighting", "photo_or_art", "medium"):
+            ui[field].change(bind(handlers.on_style_field(field)), [state, ui[field]], trigger_mode="always_last",
+                             **glue)
+        for trigger in [ui["palette_count"], *scene_pickers]:
+            trigger.input(bind(handlers.on_style_palette), [state, ui["palette_count"], *scene_pickers],
+                          trigger_mode="always_last", **glue)
         ui["undo"].click(bind(handlers.on_undo), [state], **glue)
         ui["redo"].click(bind(handlers.on_redo), [state], **glue)
         ui["load_template"].click(bind(handlers.on_load_template), [state, ui["template"]], **glue)
@@ -207,9 +214,9 @@ def build_demo(slot: ModelSlot, default_preset: str = "default") -> gr.Blocks:
         ui["export"].click(handlers.on_export, [state], [ui["export_file"]], api_visibility="private",
                            concurrency_limit=None)
         ui["aspect"].input(bind(handlers.on_aspect_preset), [state, ui["aspect"]], **glue)
-        for trigger in (ui["width"], ui["height"]):
-            trigger.input(bind(handlers.on_custom_size), [state, ui["width"], ui["height"]],
-                          trigger_mode="always_last", **glue)
+        for side in ("width", "height"):
+            ui[side].change(bind(handlers.on_custom_size(side)), [state, ui[side]], trigger_mode="always_last",
+                            **glue)
         for trigger in (ui["canvas_bg"].change, ui["canvas_opacity"].release):
             trigger(bind(handlers.on_canvas_background), [state, ui["canvas_bg"], ui["canvas_opacity"]], **glue)
         ui["use_last"].click(bind(handlers.on_use_last_result), [state, ui["results"], ui["canvas_opacity"]], **glue)
@@ -264,11 +271,9 @@ def _bind(fn: Callable[..., dict], *, ui: dict[str, Any], el_pickers: list, scen
                 count = out.get("palette_count", 0)
                 updates.update({p: gr.update(value=c, visible=i < count) for i, (p, c) in
                                 enumerate(zip(scene_pickers, value))})
-            elif name == "photo_or_art_label":
-                continue
             elif name in ui:
                 updates[ui[name]] = value
-        kind = out.get("style_kind", out.get("photo_or_art_label"))
+        kind = out.get("style_kind")
         if kind is not None:
             updates[ui["style_box"]] = gr.update(visible=kind != "none")
             field = {"label": STYLE_FIELD_LABELS.get(kind, STYLE_FIELD_LABELS["photo"])}
@@ -277,6 +282,7 @@ def _bind(fn: Callable[..., dict], *, ui: dict[str, Any], el_pickers: list, scen
             updates[ui["photo_or_art"]] = gr.update(**field)
         if "gallery" in out:
             updates[ui["gallery"]] = gr.update(value=out["gallery"], selected_index=out.get("selected_result"))
-        return updates
+        # Gradio reads an empty dict as one plain value; "nothing changed" must name a component.
+        return updates or {ui["state"]: gr.skip()}
 
     return wrapper

@@ -123,6 +123,8 @@ def page(browser, app_url):
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(app_url)
     page.locator("#layout-canvas .lc-stage").wait_for()
+    # the page-load event has filled the token counter: the app's event loop is up
+    page.wait_for_function("() => (document.querySelector('#token-count') || {}).innerText?.includes('tokens')")
     page.js_errors = errors
     yield page
     context.close()

@@ -121,13 +121,28 @@ def test_no_box_toggle_removes_and_restores_a_box():
     assert boxed.elements[0]["bbox"] == editor.DEFAULT_BOX
 
 
+def style_of(state):
+    return state.caption.get("style_description")
+
+
 def test_style_block_follows_the_photo_or_art_key_order():
+    photo = editor.set_style_kind(EditorState(), "photo")
+    for field, value in (("aesthetics", "crisp"), ("lighting", "soft daylight"), ("photo_or_art", "35mm, f/2"),
+                         ("medium", "photograph"), ("palette", ["#AABBCC"])):
+        photo = editor.set_style_field(photo, field, value)
+    assert tuple(style_of(photo)) == PHOTO_STYLE_KEYS
+    assert style_of(photo)["photo"] == "35mm, f/2"
+    art = editor.set_style_kind(photo, "art")
+    assert tuple(style_of(art)) == ART_STYLE_KEYS
+    assert style_of(art)["art_style"] == "35mm, f/2" and "photo" not in style_of(art)
+    assert style_of(editor.set_style_kind(art, "none")) is None
+
+
+def test_style_fields_without_a_style_block_change_nothing():
     state = EditorState()
-    photo = editor.set_style(state, "photo", "crisp", "soft daylight", "35mm, f/2", "photograph", ["#AABBCC"])
-    assert tuple(photo.caption["style_description"]) == PHOTO_STYLE_KEYS
-    art = editor.set_style(photo, "art", "bold", "flat", "screen print", "graphic_design", [])
-    assert tuple(art.caption["style_description"]) == ART_STYLE_KEYS[:4]
-    assert "style_description" not in editor.set_style(art, "none", "", "", "", "", []).caption
+    assert editor.set_style_field(state, "lighting", "dusk") is state
+    with pytest.raises(ValueError, match="unknown style field"):
+        editor.set_style_field(state, "mood", "calm")
 
 
 def test_scene_text_fields():

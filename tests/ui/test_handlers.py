@@ -102,8 +102,25 @@ def test_element_field_handlers(handlers, field, value, check):
 
 
 def test_element_field_with_nothing_selected_is_a_no_op(handlers):
-    out = handlers.on_element_field("desc")(EditorState(), "x")
-    assert out["state"].elements == []
+    assert handlers.on_element_field("desc")(EditorState(), "x") == {}
+
+
+def test_programmatic_updates_with_unchanged_values_are_not_edits(handlers):
+    """Text fields listen to `change`, which also fires when a handler sets them: same value = no-op."""
+    state = poster_state()
+    element = state.elements[0]
+    assert handlers.on_element_field("desc")(state, element["desc"]) == {}
+    assert handlers.on_element_field("text")(state, element["text"]) == {}
+    assert handlers.on_json_input(state, handlers.editor_view(state)["json"]) == {}
+    assert handlers.on_high_level_description(state, state.caption["high_level_description"]) == {}
+    assert handlers.on_background_text(state, state.caption["compositional_deconstruction"]["background"]) == {}
+    style = state.caption["style_description"]
+    for field, key in (("aesthetics", "aesthetics"), ("lighting", "lighting"), ("photo_or_art", "art_style"),
+                       ("medium", "medium")):
+        assert handlers.on_style_field(field)(state, style[key]) == {}
+    assert handlers.on_style_kind(state, "art") == {}
+    assert handlers.on_custom_size("width")(state, state.width) == {}
+    assert handlers.on_custom_size("height")(state, state.height) == {}
 
 
 def test_element_palette_handler(handlers):
@@ -123,11 +140,17 @@ def test_scene_handlers(handlers):
     assert out["state"].caption["high_level_description"] == "A flat logo."
     out = handlers.on_background_text(out["state"], "plain white")
     assert json.loads(out["json"])["compositional_deconstruction"]["background"] == "plain white"
+    out = handlers.on_style_kind(out["state"], "photo")
+    assert out["style_kind"] == "photo"
+    for field, value in (("aesthetics", "clean"), ("lighting", "studio softbox"), ("photo_or_art", "85mm"),
+                         ("medium", "photograph")):
+        out = handlers.on_style_field(field)(out["state"], value)
     colors = ["#ff0000", "#00ff00"] + ["#000000"] * 14
-    out = handlers.on_style(out["state"], "photo", "clean", "studio softbox", "85mm", "photograph", 2, *colors)
+    out = handlers.on_style_palette(out["state"], 2, *colors)
     style = out["state"].caption["style_description"]
-    assert style["photo"] == "85mm" and style["color_palette"] == ["#FF0000", "#00FF00"]
-    assert out["photo_or_art_label"] == "photo" and out["palette_count"] == 2
+    assert style == {"aesthetics": "clean", "lighting": "studio softbox", "photo": "85mm", "medium": "photograph",
+                     "color_palette": ["#FF0000", "#00FF00"]}
+    assert out["palette_count"] == 2 and out["palette"][:2] == ["#FF0000", "#00FF00"]
 
 
 def test_undo_redo_handlers(handlers):
@@ -160,10 +183,12 @@ def test_import_and_export_round_trip(handlers, tmp_path):
 def test_size_handlers(handlers):
     out = handlers.on_aspect_preset(EditorState(), "16:9 · 1 MP")
     assert (out["width"], out["height"]) == (1360, 768) and out["canvas"]["aspect"] == pytest.approx(1360 / 768)
-    bad = handlers.on_custom_size(EditorState(), 1000, 768)
+    bad = handlers.on_custom_size("width")(EditorState(), 1000)
     assert "992 and 1008" in bad["size_note"] and "state" not in bad
-    good = handlers.on_custom_size(EditorState(), 512, 1536)
-    assert good["canvas"]["aspect"] == pytest.approx(1 / 3) and good["aspect"] == "custom"
+    wide = handlers.on_custom_size("width")(EditorState(), 3072)
+    assert wide["canvas"]["aspect"] == pytest.approx(3) and wide["aspect"] == "custom"
+    tall = handlers.on_custom_size("height")(wide["state"], 1536)
+    assert (tall["width"], tall["height"]) == (3072, 1536) and "outside the recommended" in tall["size_note"]
 
 
 def test_canvas_background_handlers(handlers, tmp_path):

@@ -1,0 +1,96 @@
+"""The public API of a really launched `python app.py --model <tiny repo>`, through gradio_client:
+all four endpoints, their bad inputs (clear errors, and the app keeps serving), and that the UI
+glue events are not part of the API."""
+import json
+
+import pytest
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from ideogram_app.caption.templates import EXAMPLES_DIR
+from ideogram_app.pipeline.metadata import read_image_metadata
+
+PUBLIC = {"/generate", "/validate_caption", "/format_caption", "/render_layout"}
+
+
+def template_text(name: str) -> str:
+    return (EXAMPLES_DIR / f"{name}.json").read_text(encoding="utf-8")
+
+
+def test_only_the_four_endpoints_are_public(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    assert set(api["named_endpoints"]) == PUBLIC
+    assert api["unnamed_endpoints"] == {}
+    generate = api["named_endpoints"]["/generate"]
+    assert [p["parameter_name"] for p in generate["parameters"]] == [
+        "caption", "width", "height", "preset", "seed", "num_images"]
+
+
+def test_format_caption_returns_the_compact_canonical_form(client):
+    canonical = template_text("poster_headline").strip()
+    pretty = json.dumps(json.loads(canonical), indent=4, ensure_ascii=True)  # spaced and \u-escaped
+    assert client.predict(pretty, api_name="/format_caption") == canonical
+
+
+def test_validate_caption_lists_issues_with_paths(client):
+    caption = json.loads(template_text("logo"))
+    caption["compositional_deconstruction"]["elements"][0]["bbox"] = [10, 20, 5, 40]
+    issues = client.predict(json.dumps(caption), api_name="/validate_caption")
+    assert {"code": "bbox_order", "json_path": "compositional_deconstruction.elements[0].bbox"} in [
+        {"code": i["code"], "json_path": i["json_path"]} for i in issues]
+    assert all(i["severity"] in ("error", "warning") and i["message"] for i in issues)
+    assert client.predict(template_text("logo"), api_name="/validate_caption") == []
+
+
+def test_render_layout_returns_a_png_of_the_size(client):
+    path = client.predict(template_text("poster_headline"), 320, 448, api_name="/render_layout")
+    image = Image.open(path)
+    assert image.format == "PNG" and image.size == (320, 448)
+    # the headline box [50, 80, 230, 920] is drawn in the text colour along its left edge
+    x = round(80 * 320 / 1000) + 1
+    assert image.getpixel((x, 150 * 448 // 1000))[0] > 180
+
+
+def test_generate_with_the_tiny_model(client):
+    files, settings = client.predict(template_text("logo"), 64, 64, "turbo", 11, 2, api_name="/generate")
+    assert len(files) == 2
+    records = [read_image_metadata(f) for f in files]
+    assert [r["settings"]["seed"] for r in records] == [11, 12]
+    assert all(Image.open(f).size == (64, 64) for f in files)
+    assert records[0]["prompt"] == template_text("logo").strip() == settings["prompt"]
+    assert [s["seed"] for s in settings["images"]] == [11, 12]
+
+
+@pytest.mark.parametrize("args, message", [
+    (('{"compositional_deconstruction": {"background": "x",, }}',), "line 1, column"),
+    (("",), "caption is empty"),
+    (('{"compositional_deconstruction": {"elements": []}}',), "background"),
+])
+def test_format_caption_bad_inputs(client, args, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name="/format_caption")
+
+
+@pytest.mark.parametrize("width, height, message", [
+    (1000, 64, "nearest valid widths are 992 and 1008"),
+    (64, 8, "height 8 is too small"),
+])
+def test_bad_sizes_are_explained(client, width, height, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(template_text("logo"), width, height, api_name="/render_layout")
+    with pytest.raises(AppError, match=message):
+        client.predict(template_text("logo"), width, height, "turbo", 1, 1, api_name="/generate")
+
+
+def test_generate_bad_inputs_then_the_app_still_serves(client):
+    caption = json.loads(template_text("logo"))
+    caption["compositional_deconstruction"]["elements"][0]["desc"] = "very long words " * 1500
+    with pytest.raises(AppError, match=r"tokens long; the model reads at most 2048"):
+        client.predict(json.dumps(caption), 64, 64, "turbo", 1, 1, api_name="/generate")
+    with pytest.raises(AppError, match="line 1, column"):
+        client.predict('{"compositional_deconstruction": ', 64, 64, "turbo", 1, 1, api_name="/generate")
+    with pytest.raises(AppError, match="preset 'fast' is unknown"):
+        client.predict(template_text("logo"), 64, 64, "fast", 1, 1, api_name="/generate")
+    with pytest.raises(AppError, match="num_images is 9"):
+        client.predict(template_text("logo"), 64, 64, "turbo", 1, 9, api_name="/generate")
+    assert client.predict(template_text("logo"), api_name="/format_caption") == template_text("logo").strip()

@@ -1,0 +1,136 @@
+"""The real app in Debian's chromium: drawing, moving and resizing boxes updates the JSON editor;
+pasting JSON draws boxes; keyboard shortcuts; user text stays text; generating with the tiny model
+fills the gallery; open-in-editor restores the caption. Screenshots go to test-artifacts/."""
+import json
+import math
+
+import pytest
+
+from ideogram_app.caption.templates import EXAMPLES_DIR
+from tests.ui.conftest import screenshot
+
+pytestmark = pytest.mark.browser
+JSON_BOX = "#caption-json textarea"
+
+
+def model_units(value: float, extent: float) -> int:
+    """Hand-written expectation: position on the stage as 0-1000, rounded half up."""
+    return math.floor(value * 1000 / extent + 0.5)
+
+
+def caption_in_editor(page) -> dict:
+    return json.loads(page.locator(JSON_BOX).input_value())
+
+
+def wait_for_elements(page, count: int) -> list[dict]:
+    page.wait_for_function(
+        """([sel, n]) => { try { return JSON.parse(document.querySelector(sel).value)
+             .compositional_deconstruction.elements.length === n } catch (e) { return false } }""",
+        arg=[JSON_BOX, count])
+    return caption_in_editor(page)["compositional_deconstruction"]["elements"]
+
+
+def drag(page, x0, y0, x1, y1):
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=4)
+    page.mouse.move(x1, y1, steps=4)
+    page.mouse.up()
+
+
+def assert_close(actual, expected, tolerance=1):
+    assert all(abs(a - e) <= tolerance for a, e in zip(actual, expected)), (actual, expected)
+
+
+def paste_template(page, name: str) -> dict:
+    text = (EXAMPLES_DIR / f"{name}.json").read_text(encoding="utf-8")
+    page.locator(JSON_BOX).fill(text)
+    return json.loads(text)
+
+
+def test_draw_move_and_resize_update_the_json(page):
+    stage = page.locator("#layout-canvas .lc-stage").bounding_box()
+    left, top, w, h = stage["x"], stage["y"], stage["width"], stage["height"]
+    drag(page, left + 0.2 * w, top + 0.1 * h, left + 0.5 * w, top + 0.4 * h)
+    (element,) = wait_for_elements(page, 1)
+    expected = [model_units(0.1 * h, h), model_units(0.2 * w, w), model_units(0.4 * h, h), model_units(0.5 * w, w)]
+    assert_close(element["bbox"], expected)
+    assert page.locator("#layout-canvas .lc-box").count() == 1
+    screenshot(page, "browser-1-drawn")
+
+    y0, x0, y1, x1 = element["bbox"]
+    box = page.locator("#layout-canvas .lc-box").bounding_box()
+    drag(page, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2,
+         box["x"] + box["width"] / 2 + 0.25 * w, box["y"] + box["height"] / 2 + 0.3 * h)
+    page.wait_for_function(f"""() => document.querySelector('{JSON_BOX}').value.includes('"bbox": [{y0 + 300}')
+                                 || document.querySelector('{JSON_BOX}').value.includes('"bbox": [{y0 + 299}')
+                                 || document.querySelector('{JSON_BOX}').value.includes('"bbox": [{y0 + 301}')""")
+    moved = caption_in_editor(page)["compositional_deconstruction"]["elements"][0]["bbox"]
+    assert_close(moved, [y0 + 300, x0 + 250, y1 + 300, x1 + 250])
+    assert moved[2] - moved[0] == y1 - y0 and moved[3] - moved[1] == x1 - x0  # a move keeps the size
+    screenshot(page, "browser-2-moved")
+
+    handle = page.locator("#layout-canvas .lc-h-se").bounding_box()
+    hx, hy = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
+    drag(page, hx, hy, hx + 0.1 * w, hy + 0.05 * h)
+    page.wait_for_function(f"""() => !document.querySelector('{JSON_BOX}').value.includes('{moved[3]}]')""")
+    resized = caption_in_editor(page)["compositional_deconstruction"]["elements"][0]["bbox"]
+    assert resized[:2] == moved[:2]
+    assert_close(resized[2:], [moved[2] + 50, moved[3] + 100], tolerance=8)  # the handle is grabbed off-centre
+    screenshot(page, "browser-3-resized")
+    assert page.js_errors == []
+
+
+def test_pasting_a_template_draws_its_boxes(page):
+    caption = paste_template(page, "poster_headline")
+    boxed = [e for e in caption["compositional_deconstruction"]["elements"] if e.get("bbox")]
+    page.wait_for_function(f"() => document.querySelectorAll('#layout-canvas .lc-box').length === {len(boxed)}")
+    labels = page.locator("#layout-canvas .lc-label").all_text_contents()
+    assert "SUMMER JAZZ\nNIGHTS" in labels[0]
+    first = page.locator("#layout-canvas .lc-box").first
+    assert first.evaluate("b => [b.style.top, b.style.left, b.style.height, b.style.width]") == [
+        "5%", "8%", "18%", "84%"]  # [50, 80, 230, 920] in tenths of a percent
+    page.locator(JSON_BOX).fill('{"compositional_deconstruction": {"background": "x",, ')
+    page.wait_for_function("() => document.querySelector('#json-status').innerText.includes('Invalid JSON at line 1')")
+    assert page.locator("#layout-canvas .lc-box").count() == len(boxed)  # canvas untouched
+    screenshot(page, "browser-4-template")
+
+
+def test_keyboard_delete_undo_and_user_text_stays_text(page):
+    hostile = '<img src=x onerror="window.__pwned=1">'
+    caption = {"compositional_deconstruction": {"background": "white", "elements": [
+        {"type": "text", "bbox": [100, 100, 400, 900], "text": hostile, "desc": "a caption line"},
+        {"type": "obj", "bbox": [500, 100, 900, 900], "desc": "a lamp"}]}}
+    page.locator(JSON_BOX).fill(json.dumps(caption))
+    page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-box').length === 2")
+    assert hostile in page.locator("#layout-canvas .lc-label").first.text_content()
+    assert page.locator("#layout-canvas .lc-box img").count() == 0
+    assert page.evaluate("() => window.__pwned === undefined")
+
+    page.locator("#layout-canvas .lc-box").nth(1).click()
+    page.wait_for_selector("#layout-canvas .lc-box.lc-selected[data-index='1']")
+    page.keyboard.press("Delete")
+    assert [e["desc"] for e in wait_for_elements(page, 1)] == ["a caption line"]
+    page.keyboard.press("Control+z")
+    assert [e["desc"] for e in wait_for_elements(page, 2)] == ["a caption line", "a lamp"]
+    screenshot(page, "browser-5-keyboard")
+
+
+def test_generate_shows_an_image_and_open_in_editor_restores_the_caption(page):
+    caption = paste_template(page, "logo")
+    page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-box').length > 0")
+    for field in ("#width input", "#height input"):
+        page.locator(field).fill("64")
+    page.wait_for_function("() => document.querySelector('#layout-canvas .lc-stage').style.aspectRatio !== ''")
+    page.locator("#generate-btn").click()
+    page.locator("#gallery img").first.wait_for(state="visible", timeout=120_000)
+    assert "Done: 1 image(s)" in page.locator("#gen-status").inner_text()
+    page.locator("#overlay img").wait_for(state="visible")
+    screenshot(page, "browser-6-generated")
+
+    paste_template(page, "product_shot")
+    page.wait_for_function("() => document.querySelector('#json-status').innerText.includes('Caption updated')")
+    page.locator("#open-in-editor").click()
+    page.wait_for_function("() => document.querySelector('#json-status').innerText.includes('Opened')")
+    assert caption_in_editor(page) == caption
+    screenshot(page, "browser-7-reopened")

@@ -1,0 +1,100 @@
+"""Serving: flags and their environment equivalents, launch options, ZeroGPU wrapping, and a real
+`python app.py` start on a machine without weights."""
+import json
+import sys
+import types
+import urllib.request
+
+import pytest
+
+from ideogram_app.ui import zerogpu
+from ideogram_app.ui.serving import ServeOptions, launch_kwargs, parse_options
+from tests.ui.conftest import start_app, stop_app
+
+
+def test_defaults_without_flags_or_environment():
+    assert parse_options([], environ={}) == ServeOptions()
+
+
+def test_flags():
+    options = parse_options(["--model", "/models/i4", "--host", "0.0.0.0", "--port", "7870", "--share",
+                             "--auth", "ann:s3:cret", "--memory", "offload", "--mcp", "--queue-size", "5"], environ={})
+    assert options == ServeOptions(model="/models/i4", memory="offload", host="0.0.0.0", port=7870, share=True,
+                                   auth=("ann", "s3:cret"), mcp=True, queue_size=5)
+
+
+def test_environment_equivalents_and_flags_win():
+    env = {"IDEOGRAM_MODEL": "ideogram-ai/ideogram-4-fp8", "IDEOGRAM_MEMORY": "cpu", "GRADIO_SERVER_NAME": "0.0.0.0",
+           "GRADIO_SERVER_PORT": "9000", "IDEOGRAM_SHARE": "1", "IDEOGRAM_AUTH": "u:p", "GRADIO_MCP_SERVER": "true",
+           "IDEOGRAM_QUEUE_SIZE": "3"}
+    options = parse_options([], environ=env)
+    assert options == ServeOptions(model="ideogram-ai/ideogram-4-fp8", memory="cpu", host="0.0.0.0", port=9000,
+                                   share=True, auth=("u", "p"), mcp=True, queue_size=3)
+    assert parse_options(["--port", "9100", "--model", "/x"], environ=env).port == 9100
+
+
+@pytest.mark.parametrize("argv", [["--auth", "nopassword"], ["--memory", "turbo"], ["--port", "http"]])
+def test_bad_flags_exit_with_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_options(argv, environ={})
+    assert exit_info.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_launch_kwargs():
+    kwargs = launch_kwargs(ServeOptions(host="0.0.0.0", port=7870, share=True, auth=("u", "p"), mcp=True))
+    assert kwargs["server_name"] == "0.0.0.0" and kwargs["server_port"] == 7870
+    assert kwargs["share"] is True and kwargs["auth"] == ("u", "p") and kwargs["mcp_server"] is True
+    assert "server_name" not in launch_kwargs(ServeOptions())
+
+
+def test_on_gpu_is_a_no_op_without_spaces(monkeypatch):
+    monkeypatch.setitem(sys.modules, "spaces", None)  # makes `import spaces` fail like a missing package
+    fn = lambda x: x  # noqa: E731
+    assert zerogpu.on_gpu(fn, duration=lambda x: 1) is fn
+
+
+def test_on_gpu_uses_spaces_gpu_with_the_duration_estimate(monkeypatch):
+    """Stand-in for the `spaces` package at its public boundary (`spaces.GPU(duration=...)`)."""
+    seen = {}
+
+    def gpu(duration):
+        seen["duration"] = duration
+        return lambda fn: ("wrapped", fn)
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    estimate = lambda x: 42  # noqa: E731
+    fn = lambda x: x  # noqa: E731
+    assert zerogpu.on_gpu(fn, duration=estimate) == ("wrapped", fn)
+    assert seen["duration"] is estimate
+
+
+def test_gpu_seconds_grow_with_steps_size_and_count():
+    from ideogram_app.ui.generation import GenerationSettings, gpu_seconds
+
+    base = gpu_seconds(GenerationSettings("default", 1024, 1024))
+    assert gpu_seconds(GenerationSettings("quality", 1024, 1024)) > base
+    assert gpu_seconds(GenerationSettings("default", 2048, 2048)) > base
+    assert gpu_seconds(GenerationSettings("default", 1024, 1024, num_images=2)) > base
+    assert gpu_seconds(GenerationSettings("turbo", 1024, 1024)) < base
+
+
+def test_app_starts_without_weights_and_serves_compose_and_api(tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    proc, url, log = start_app([], tmp_path)
+    try:
+        with urllib.request.urlopen(url + "config", timeout=10) as response:
+            config = json.loads(response.read())
+        elem_ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+        assert {"layout-canvas", "caption-json", "generate-btn", "gallery"} <= elem_ids
+        client = Client(url, verbose=False)
+        assert client.predict('{"compositional_deconstruction":{"background":"sky","elements":[]}}',
+                              api_name="/format_caption").startswith('{"compositional_deconstruction"')
+        with pytest.raises(AppError, match="No model is loaded"):
+            client.predict('{"compositional_deconstruction":{"background":"sky","elements":[]}}', 256, 256,
+                           "turbo", 1, 1, api_name="/generate")
+        client.close()
+    finally:
+        stop_app(proc)
