@@ -16,7 +16,13 @@ import torch
 from torch import nn
 from transformers import Qwen3VLConfig, Qwen3VLTextConfig, Qwen3VLTextModel
 
-from ideogram_app.model.fp8 import FP8_DTYPE, dequantize_fp8, fp8_linear_names, swap_linears_for_fp8
+from ideogram_app.model.fp8 import (
+    DEQUANT_WORKSPACE_ELEMENTS,
+    FP8_DTYPE,
+    dequantize_fp8,
+    fp8_linear_names,
+    swap_linears_for_fp8,
+)
 from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS, PromptTokenizer, PromptTooLongError
 from ideogram_app.model.safetensors_io import (
     TensorInfo,
@@ -181,11 +187,17 @@ def load_text_encoder(
         swap_linears_for_fp8(language_model, fp8_linear_names(stored.values()))
 
     state: dict[str, torch.Tensor] = {}
-    names = keys if fp8 == "keep" else [k for k in keys if not k.endswith(".weight_scale")]
-    for key, tensor in iter_tensors(header, names):
-        if tensor.dtype == FP8_DTYPE and fp8 == "dequantize":
+    names, fp8_weights, workspace = keys, set(), None
+    if fp8 == "dequantize":
+        # fp8 weights are widened at once: each is read into one reused buffer and widened through one
+        # reused fp32 workspace, so no per-layer temporaries fragment the heap.
+        names = [k for k in keys if not k.endswith(".weight_scale")]
+        fp8_weights = {k for k in names if header[k].dtype == FP8_DTYPE}
+        workspace = torch.empty(DEQUANT_WORKSPACE_ELEMENTS, dtype=torch.float32, device=device)
+    for key, tensor in iter_tensors(header, names, transient=fp8_weights.__contains__):
+        if key in fp8_weights:
             scale = read_tensor(header[key + "_scale"])
-            tensor = dequantize_fp8(tensor.to(device), scale.to(device), dtype)
+            tensor = dequantize_fp8(tensor.to(device), scale.to(device), dtype, workspace)
         elif tensor.dtype == FP8_DTYPE or key.endswith(".weight_scale"):
             tensor = tensor.to(device)
         else:

@@ -103,8 +103,8 @@ def test_vision_tower_is_neither_built_nor_read(repos, monkeypatch):
     read = []
     real_iter = text_encoder_module.iter_tensors
 
-    def recording_iter(header, names=None):
-        for name, tensor in real_iter(header, names):
+    def recording_iter(header, names=None, transient=None):
+        for name, tensor in real_iter(header, names, transient):
             read.append(name)
             yield name, tensor
 

@@ -63,7 +63,7 @@ def test_loading_holds_at_most_1_5x_the_weights_in_host_memory(tmp_path):
         [sys.executable, "-c", PROBE, json.dumps(runs)], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
     results = json.loads(out.stdout.strip().splitlines()[-1])
-    # Measured: growth / weights = 0.99 (bf16), 1.21 (fp8 -> bf16), 1.00 (fp8 kept).
+    # Measured: growth / weights = 1.01 (bf16), 1.03 (fp8 -> bf16), 1.03 (fp8 kept).
     for run, m in zip(runs, results):
         label = (run["layout"], run["mode"], m)
         assert m["reset_kb"] - m["base_kb"] < 1024, ("the peak reset did not work", label)
