@@ -46,6 +46,16 @@ class MemoryPlan:
         storage = device if mode == "full" else torch.device("cpu")
         return cls(mode, device, storage)  # type: ignore[arg-type]
 
+    def place(self, module: nn.Module) -> nn.Module:
+        """Put a freshly loaded module where it waits between uses. Host copies of offloaded modules
+        are pinned, so each visit to the GPU is a full-speed asynchronous copy."""
+        module.to(self.storage_device)
+        if self.storage_device.type == "cpu" and self.device.type == "cuda":
+            for table, name, tensor in _tensor_slots(module):
+                if not tensor.is_pinned():
+                    _replace(table, name, tensor, tensor.pin_memory())
+        return module
+
     @contextmanager
     def running(self, module: nn.Module) -> Iterator[nn.Module]:
         """Have `module` on the compute device for the duration of the block.
@@ -56,20 +66,31 @@ class MemoryPlan:
         if self.storage_device == self.device:
             yield module
             return
-        stored = []  # (owner dict, name, stored tensor): parameters and buffers of every submodule
-        for sub in module.modules():
-            for table in (sub._parameters, sub._buffers):
-                stored += [(table, name, t) for name, t in table.items() if t is not None and t.device != self.device]
+        stored = [slot for slot in _tensor_slots(module) if slot[2].device != self.device]
         try:
             for table, name, tensor in stored:
-                moved = tensor.to(self.device, non_blocking=True)
-                table[name] = nn.Parameter(moved, requires_grad=False) if isinstance(tensor, nn.Parameter) else moved
+                _replace(table, name, tensor, tensor.to(self.device, non_blocking=True))
             yield module
         finally:
             for table, name, tensor in stored:
                 table[name] = tensor
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+
+def _tensor_slots(module: nn.Module) -> list[tuple[dict, str, torch.Tensor]]:
+    """(owning dict, name, tensor) of every parameter and buffer of every submodule."""
+    return [
+        (table, name, tensor)
+        for sub in module.modules()
+        for table in (sub._parameters, sub._buffers)
+        for name, tensor in table.items()
+        if tensor is not None
+    ]
+
+
+def _replace(table: dict, name: str, old: torch.Tensor, new: torch.Tensor) -> None:
+    table[name] = nn.Parameter(new, requires_grad=False) if isinstance(old, nn.Parameter) else new
 
 
 # Runtime weight bytes of the published repos (performance.md §2.4), for ids not downloaded yet.

@@ -180,6 +180,9 @@ class Ideogram4Pipeline:
             paths.text_encoder, device=where, dtype=torch_dtype, fp8=fp8, tokenizer_path=paths.tokenizer
         )
         vae = load_vae(paths.vae, device=where, dtype=torch_dtype)
+        for module in (transformer, unconditional, text_encoder, vae):
+            if module is not None:
+                plan.place(module)
         return cls(transformer, text_encoder, text_encoder.tokenizer, vae, unconditional, plan, model_name)
 
     # ----- validation (no model work) ------------------------------------------------------------
