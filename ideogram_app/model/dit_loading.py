@@ -167,13 +167,14 @@ def _stream_state(
     for key, tensor in iter_tensors(header, scale_keys):  # tiny, read first so weights can be dequantised
         fused, part = fused_key(key)
         _place(scales, fused, part, tensor.to(device))
+
     def copied_at_once(key: str) -> bool:
         """Tensors that live only until converted: fp8 weights being dequantised, q/k/v parts being
         copied into their fused rows. (NF4 data is handed over as read, so never.)"""
         fused, part = fused_key(key)
         if layout.weights == "nf4":
             return False
-        dequantised = layout.weights == "fp8" and not keep_fp8 and fused.endswith(".weight") and fused[:-7] in quantised
+        dequantised = layout.weights == "fp8" and not keep_fp8 and fused.endswith(".weight") and fused[: -len(".weight")] in quantised
         return dequantised or part is not None
 
     others = [k for k in header if not k.endswith(".weight_scale")]
