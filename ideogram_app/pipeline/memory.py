@@ -12,6 +12,7 @@ the mode. Layer streaming can later be another plan with a finer-grained `runnin
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +52,12 @@ class MemoryPlan:
         are pinned, so each visit to the GPU is a full-speed asynchronous copy."""
         module.to(self.storage_device)
         if self.storage_device.type == "cpu" and self.device.type == "cuda":
-            for table, name, tensor in _tensor_slots(module):
-                if not tensor.is_pinned():
-                    _replace(table, name, tensor, tensor.pin_memory())
+            try:
+                for table, name, tensor in _tensor_slots(module):
+                    if not tensor.is_pinned():
+                        _replace(table, name, tensor, tensor.pin_memory())
+            except RuntimeError as err:  # the OS refused more page-locked memory: slower, still correct
+                warnings.warn(f"could not pin offloaded weights in RAM ({err}); offloading will be slower", stacklevel=2)
         return module
 
     @contextmanager
