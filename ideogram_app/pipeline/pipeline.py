@@ -61,6 +61,7 @@ class GenerationRequest:
     denoising_strength: float
     input_image: Image.Image | None
     rand_device: torch.device
+    warnings: tuple[str, ...] = ()  # unusual but valid choices (size, caption style), for the UI to show
 
 
 def load_input_image(image: Image.Image | str | os.PathLike, width: int, height: int) -> Image.Image:
@@ -213,7 +214,8 @@ class Ideogram4Pipeline:
                 "sees text); it is accepted only for DiffSynth compatibility",
                 stacklevel=3,
             )
-        for message in check_size(width, height):
+        notes = check_size(width, height)
+        for message in notes:
             log.warning("%s", message)
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
@@ -235,6 +237,8 @@ class Ideogram4Pipeline:
             rand_device = torch.device(rand_device)
         except (RuntimeError, TypeError):
             raise ValueError(f"rand_device {rand_device!r} is not a torch device name like 'cpu' or 'cuda'") from None
+        if rand_device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("rand_device 'cuda' needs a CUDA GPU; use rand_device='cpu'")
         sampler = resolve_sampler(preset, num_inference_steps, cfg_scale, guidance_schedule, mu, std)
         image = None
         if input_image is not None:
@@ -258,6 +262,7 @@ class Ideogram4Pipeline:
             denoising_strength=denoising_strength,
             input_image=image,
             rand_device=rand_device,
+            warnings=tuple(notes) + tuple(str(issue) for issue in prepared.warnings),
         )
 
     # ----- generation ------------------------------------------------------------------------------

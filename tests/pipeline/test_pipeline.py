@@ -206,6 +206,7 @@ def test_missing_unconditional_transformer_warns_and_uses_the_conditional_one(ti
         (dict(prompt='{"high_level_description": "x",'), ValueError, "invalid JSON at line 1"),
         (dict(prompt="word " * 3000), PromptTooLongError, "Ideogram 4 accepts at most 2048"),
         (dict(output_type="np"), ValueError, "output_type must be 'pil' or 'latent', got 'np'"),
+        (dict(rand_device="gpu0"), ValueError, "rand_device 'gpu0' is not a torch device name"),
     ],
 )
 def test_bad_input_fails_before_any_model_work(pipes, kwargs, error, message):
@@ -286,3 +287,12 @@ def test_input_images_are_scaled_to_cover_and_centre_cropped():
     assert out.getpixel((2, 32)) == (255, 0, 0) and out.getpixel((61, 32)) == (0, 0, 255)
     tall = load_input_image(source.convert("L"), 32, 96)
     assert tall.size == (32, 96) and tall.mode == "RGB"
+
+
+def test_prepare_reports_unusual_choices(pipes):
+    reordered = {"compositional_deconstruction": CAPTION["compositional_deconstruction"],
+                 "high_level_description": CAPTION["high_level_description"]}
+    request = pipes["bf16"].prepare(reordered, width=128, height=512, seed=1)
+    assert request.warnings[0] == "width 128 is outside the recommended 256-2048 pixels; expect weaker images"
+    assert any("key_order" in w for w in request.warnings)
+    assert request.prompt.text == CANONICAL
