@@ -14,7 +14,6 @@ import secrets
 import threading
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal
 
 import torch

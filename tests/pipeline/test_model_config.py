@@ -1,5 +1,4 @@
 """ModelConfig resolution and role assignment on real tiny safetensors files."""
-import json
 
 import huggingface_hub
 import pytest
