@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -60,9 +61,10 @@ def start_app(args: list[str], output_dir: Path) -> tuple[subprocess.Popen, str,
         if proc.poll() is not None:
             raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log.read_text()}")
         try:
-            with urllib.request.urlopen(url + "config", timeout=2) as response:
-                if response.status == 200:
-                    return proc, url, log
+            with urllib.request.urlopen(url + "config", timeout=2):
+                return proc, url, log
+        except urllib.error.HTTPError:  # answering, but behind --auth
+            return proc, url, log
         except OSError:
             time.sleep(0.5)
     proc.terminate()
@@ -79,8 +81,9 @@ def stop_app(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def app_url(tiny_repo, tmp_path_factory):
-    """`python app.py --model <tiny repo> --memory cpu`, really launched, for the whole session."""
-    proc, url, log = start_app(["--model", str(tiny_repo), "--memory", "cpu"], tmp_path_factory.mktemp("app-out"))
+    """`python app.py --model <tiny repo> --memory cpu --mcp`, really launched, for the whole session."""
+    proc, url, log = start_app(["--model", str(tiny_repo), "--memory", "cpu", "--mcp"],
+                               tmp_path_factory.mktemp("app-out"))
     if "Model loaded." not in log.read_text():
         stop_app(proc)
         raise RuntimeError(f"the tiny model did not load:\n{log.read_text()}")

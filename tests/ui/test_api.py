@@ -2,6 +2,7 @@
 all four endpoints, their bad inputs (clear errors, and the app keeps serving), and that the UI
 glue events are not part of the API."""
 import json
+import urllib.request
 
 import pytest
 from gradio_client.exceptions import AppError
@@ -94,3 +95,13 @@ def test_generate_bad_inputs_then_the_app_still_serves(client):
     with pytest.raises(AppError, match="num_images is 9"):
         client.predict(template_text("logo"), 64, 64, "turbo", 1, 9, api_name="/generate")
     assert client.predict(template_text("logo"), api_name="/format_caption") == template_text("logo").strip()
+
+
+def test_mcp_tools_are_the_public_endpoints(app_url):
+    with urllib.request.urlopen(app_url + "gradio_api/mcp/schema", timeout=10) as response:
+        tools = json.loads(response.read())
+    names = {tool["name"] for tool in tools}
+    assert {"generate", "validate_caption", "format_caption", "render_layout"} <= names
+    assert not any(name.startswith("on_") for name in names)  # UI glue is not a tool
+    generate = next(tool for tool in tools if tool["name"] == "generate")
+    assert "bbox = [y_min, x_min, y_max, x_max]" in json.dumps(generate)

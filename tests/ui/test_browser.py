@@ -134,3 +134,17 @@ def test_generate_shows_an_image_and_open_in_editor_restores_the_caption(page):
     page.wait_for_function("() => document.querySelector('#json-status').innerText.includes('Opened')")
     assert caption_in_editor(page) == caption
     screenshot(page, "browser-7-reopened")
+
+
+def test_two_browser_sessions_have_separate_canvases(page, browser, app_url):
+    other_context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    other = other_context.new_page()
+    other.goto(app_url)
+    other.wait_for_function("() => (document.querySelector('#token-count') || {}).innerText?.includes('tokens')")
+    paste_template(page, "poster_headline")
+    page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-box').length === 4")
+    other.reload()
+    other.wait_for_function("() => (document.querySelector('#token-count') || {}).innerText?.includes('tokens')")
+    assert other.locator("#layout-canvas .lc-box").count() == 0
+    assert json.loads(other.locator(JSON_BOX).input_value())["compositional_deconstruction"]["elements"] == []
+    other_context.close()

@@ -3,12 +3,15 @@
 import json
 import sys
 import types
+import urllib.error
 import urllib.request
 
 import pytest
 
 from ideogram_app.ui import zerogpu
-from ideogram_app.ui.serving import ServeOptions, launch_kwargs, parse_options
+from ideogram_app.ui.layout import build_demo
+from ideogram_app.ui.model_slot import ModelSlot
+from ideogram_app.ui.serving import ServeOptions, launch_kwargs, parse_options, prepare
 from tests.ui.conftest import start_app, stop_app
 
 
@@ -95,6 +98,35 @@ def test_app_starts_without_weights_and_serves_compose_and_api(tmp_path):
         with pytest.raises(AppError, match="No model is loaded"):
             client.predict('{"compositional_deconstruction":{"background":"sky","elements":[]}}', 256, 256,
                            "turbo", 1, 1, api_name="/generate")
+        client.close()
+    finally:
+        stop_app(proc)
+
+
+def test_one_gpu_group_a_bounded_queue_and_private_glue():
+    demo = prepare(build_demo(ModelSlot()), ModelSlot(), ServeOptions(queue_size=3))
+    assert demo._queue.max_size == 3
+    gpu = {fn.name for fn in demo.fns.values() if fn.concurrency_id == "gpu"}
+    assert gpu == {"on_generate", "on_load_model", "on_unload_model", "generate"}
+    assert all(fn.concurrency_limit == 1 for fn in demo.fns.values() if fn.concurrency_id == "gpu")
+    public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert public == {"generate", "validate_caption", "format_caption", "render_layout"}
+
+
+def test_auth_is_required_when_asked_for(tmp_path):
+    from gradio_client import Client
+
+    proc, url, log = start_app(["--auth", "ann:secret"], tmp_path)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(url + "gradio_api/info", timeout=10)
+        assert denied.value.code == 401
+        with pytest.raises(ValueError):
+            Client(url, verbose=False, auth=("ann", "wrong"))
+        client = Client(url, verbose=False, auth=("ann", "secret"))
+        issues = client.predict('{"compositional_deconstruction":{"background":"sky","elements":[]}}',
+                                api_name="/validate_caption")
+        assert [i["code"] for i in issues] == ["missing_description"]
         client.close()
     finally:
         stop_app(proc)
