@@ -148,3 +148,16 @@ def test_two_browser_sessions_have_separate_canvases(page, browser, app_url):
     assert other.locator("#layout-canvas .lc-box").count() == 0
     assert json.loads(other.locator(JSON_BOX).input_value())["compositional_deconstruction"]["elements"] == []
     other_context.close()
+
+
+def test_inspector_edits_relabel_the_box(page):
+    paste_template(page, "logo")
+    page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-box').length === 3")
+    page.locator("#layout-canvas .lc-box").nth(1).click()
+    page.wait_for_function("() => document.querySelector('#element-text textarea').value === 'NORTHWIND'")
+    page.locator("#element-text textarea").fill("SOUTHWIND\nTRAILS")
+    page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-label')[1].textContent"
+                           ".includes('SOUTHWIND')")
+    elements = caption_in_editor(page)["compositional_deconstruction"]["elements"]
+    assert elements[1]["text"] == "SOUTHWIND\nTRAILS"
+    screenshot(page, "browser-8-inspector")

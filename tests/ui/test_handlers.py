@@ -242,6 +242,18 @@ def test_generate_select_overlay_and_open_in_editor(tiny_handlers, handlers):
     assert from_png["state"].caption == state.caption
 
 
+def test_img2img_uses_the_input_image(tiny_handlers, tmp_path):
+    source = tmp_path / "input.png"
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(source)
+    out = tiny_handlers.on_generate(poster_state(), [], **{**TINY, "input_image": str(source), "strength": 0.5},
+                                    request=None, progress=Progress())
+    settings = out["results"][0]["settings"]
+    assert settings["img2img"] is True and settings["denoising_strength"] == 0.5
+    with pytest.raises(gr.Error, match="strength 1.5 is outside"):
+        tiny_handlers.on_generate(poster_state(), [], **{**TINY, "input_image": str(source), "strength": 1.5},
+                                  request=None, progress=Progress())
+
+
 def test_open_png_without_metadata_is_explained(handlers, tmp_path):
     plain = tmp_path / "plain.png"
     Image.new("RGB", (16, 16)).save(plain)
