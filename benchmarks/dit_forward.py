@@ -42,8 +42,8 @@ def median_ms(fn, warmup: int = 2, repeat: int = 7) -> float:
 
 def random_dit(cfg: Ideogram4Config) -> Ideogram4DiT:
     with torch.device("meta"):
-        model = Ideogram4DiT(cfg)
-    model = model.to_empty(device="cuda").to(torch.bfloat16)
+        model = Ideogram4DiT(cfg).to(torch.bfloat16)
+    model = model.to_empty(device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -58,7 +58,7 @@ def diffusers_copy(ours: Ideogram4DiT):
     except ImportError:
         return None
     cfg = ours.cfg
-    with torch.device("meta"):
+    with torch.device("cuda"):  # built for real (not on meta) so its non-persistent RoPE buffers exist
         theirs = Ideogram4Transformer2DModel(
             in_channels=cfg.in_channels, num_layers=cfg.num_layers, attention_head_dim=cfg.head_dim,
             num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, adaln_dim=cfg.adanln_dim,
@@ -74,8 +74,9 @@ def diffusers_copy(ours: Ideogram4DiT):
             state[key.replace(".o.", ".to_out.0.")] = value
         else:
             state[key] = value
-    theirs.load_state_dict(state, assign=True)
-    return theirs.to("cuda").eval()
+    theirs = theirs.to(torch.bfloat16)
+    theirs.load_state_dict(state)
+    return theirs.eval()
 
 
 def main() -> None:
@@ -103,6 +104,7 @@ def main() -> None:
         return x, feats, pos, seg, ind
 
     rows = []
+    torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
         x, feats, pos, seg, ind = inputs(n_text, n_text, full_features=False)
         text_hidden = ours.project_text(feats, ind)
@@ -123,11 +125,11 @@ def main() -> None:
                 ("uncond", inputs(0, 0, full_features=True), 0),
             )
             for label, (xx, ff, pp, ss, ii), n in cases:
-                ms = median_ms(lambda: theirs(xx.bfloat16(), t, ff, pp, ss, ii, return_dict=False))
+                ms = median_ms(lambda: theirs(xx.bfloat16(), t.bfloat16(), ff, pp, ss, ii, return_dict=False))
                 rows.append(("diffusers", label, ms, dit_flops(cfg, n + n_img, n)))
 
     print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  size {args.size}^2  layers {cfg.num_layers}")
-    print(f"peak memory, ours: {peak_ours:.1f} GiB")
+    print(f"peak memory, ours (weights + forward): {peak_ours:.1f} GiB")
     print(f"{'impl':10s} {'forward':28s} {'ms':>8s} {'TFLOP/s':>8s}")
     for impl, label, ms, flops in rows:
         print(f"{impl:10s} {label:28s} {ms:8.1f} {flops / ms / 1e9:8.0f}")
