@@ -199,6 +199,19 @@ class FinalLayer(nn.Module):
         return self.linear(F.layer_norm(h, (h.shape[-1],), eps=1e-6) * scale)
 
 
+@dataclass
+class SequencePositions:
+    """The step-independent attention inputs of one packed layout: MRoPE tables and the segment mask.
+
+    Computed once per generation (`Ideogram4DiT.prepare_positions`) and passed to every step, so the
+    loop neither rebuilds the fp32 angle tables nor syncs with the host to decide on the mask.
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None
+
+
 def segment_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor | None:
     """Boolean (B, 1, L, L) block mask, or None when each row is a single segment (mask-free SDPA)."""
     if bool((segment_ids == segment_ids[:, :1]).all()):
@@ -242,6 +255,13 @@ class Ideogram4DiT(nn.Module):
         out[is_text] = self.llm_cond_proj(self.llm_cond_norm(rows)).to(dtype)
         return out
 
+    def prepare_positions(self, position_ids: torch.Tensor, segment_ids: torch.Tensor) -> SequencePositions:
+        """MRoPE cos/sin (fp32 angles, cast to the compute dtype) and the mask (None for one segment)."""
+        cos, sin = mrope_cos_sin(
+            position_ids, self.cfg.head_dim, self.cfg.rope_theta, self.cfg.mrope_section, self.compute_dtype
+        )
+        return SequencePositions(cos, sin, segment_attention_mask(segment_ids))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -252,11 +272,13 @@ class Ideogram4DiT(nn.Module):
         indicator: torch.Tensor,
         *,
         text_hidden: torch.Tensor | None = None,
+        positions: SequencePositions | None = None,
     ) -> torch.Tensor:
         """Velocity (B, L, in_channels) in fp32; only rows with indicator 2 are meaningful.
 
         `t` is (B,) or (B, L), 0 = noise, 1 = data. `llm_features=None` (and no `text_hidden`) is the
-        unconditional pass: no text rows are expected and the text path never runs.
+        unconditional pass: no text rows are expected and the text path never runs. `positions` (from
+        `prepare_positions` on the same `position_ids`/`segment_ids`) skips rebuilding them.
         """
         b, length, channels = x.shape
         if channels != self.cfg.in_channels:
@@ -284,8 +306,8 @@ class Ideogram4DiT(nn.Module):
             t_emb = t_emb.unsqueeze(1)
         adaln_input = F.silu(self.adaln_proj(t_emb))
 
-        cos, sin = mrope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, self.cfg.mrope_section, dtype)
-        mask = segment_attention_mask(segment_ids)
+        if positions is None:
+            positions = self.prepare_positions(position_ids, segment_ids)
         for layer in self.layers:
-            h = layer(h, adaln_input, cos, sin, mask)
+            h = layer(h, adaln_input, positions.cos, positions.sin, positions.mask)
         return self.final_layer(h, adaln_input).float()

@@ -316,10 +316,13 @@ class Ideogram4Pipeline:
         if features.shape[1] != n_text:
             raise RuntimeError(f"text encoder returned {features.shape[1]} tokens, the tokenizer counted {n_text}")
 
-        # Step-independent work, done once: layouts, projected text rows, timestep tensors, and the
-        # conditional input whose text rows stay zero.
+        # Step-independent work, done once: layouts, their RoPE tables and masks, projected text rows,
+        # timestep tensors, and the conditional input whose text rows stay zero.
+        unconditional = self.unconditional_transformer or self.transformer
         cond_layout = [x.to(device) for x in build_token_layout(n_text, grid_h, grid_w, batch)]
         uncond_layout = [x.to(device) for x in build_token_layout(0, grid_h, grid_w, batch)]
+        cond_positions = self.transformer.prepare_positions(cond_layout[0], cond_layout[1])
+        uncond_positions = unconditional.prepare_positions(uncond_layout[0], uncond_layout[1])
         with self.memory.running(self.transformer):
             text_hidden = self.transformer.project_text(features.to(device), cond_layout[2][:1, :n_text])
         text_hidden = text_hidden.expand(batch, -1, -1)
@@ -327,7 +330,6 @@ class Ideogram4Pipeline:
 
         z = self._initial_latents(request, grid_h, grid_w).to(device)
         cond_input = torch.zeros(batch, n_text + z.shape[1], TOKEN_CHANNELS, device=device)
-        unconditional = self.unconditional_transformer or self.transformer
         times, guidance = request.times, request.sampler.guidance
         for step in range(request.sampler.steps):
             if stop_event is not None and stop_event.is_set():
@@ -335,12 +337,14 @@ class Ideogram4Pipeline:
             t, t_next, g = times[step], times[step + 1], guidance[step]
             cond_input[:, n_text:] = z
             with self.memory.running(self.transformer):
-                out = self.transformer(cond_input, t_batches[step], None, *cond_layout, text_hidden=text_hidden)
+                out = self.transformer(
+                    cond_input, t_batches[step], None, *cond_layout, text_hidden=text_hidden, positions=cond_positions
+                )
             v_cond = out[:, n_text:]
             v_uncond = None
             if g != 1.0:
                 with self.memory.running(unconditional):
-                    v_uncond = unconditional(z, t_batches[step], None, *uncond_layout)
+                    v_uncond = unconditional(z, t_batches[step], None, *uncond_layout, positions=uncond_positions)
             z = euler_step(z, guided_velocity(v_cond, v_uncond, g), t, t_next)
             if callback is not None:
                 callback(step + 1, request.sampler.steps)

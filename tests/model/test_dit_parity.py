@@ -137,6 +137,24 @@ def test_text_hidden_and_text_block_features_equal_the_plain_path(models):
     torch.testing.assert_close(block_only, plain, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("text_counts", [[7], [5, 2]], ids=["one segment", "left padding"])
+def test_prepared_positions_equal_the_plain_path_and_skip_the_rope_tables(models, monkeypatch, text_counts):
+    import ideogram_app.model.ideogram4_dit as dit_module
+
+    ours, oracle = models["bf16"]
+    x, t, llm, pos, seg, ind = make_inputs(text_counts, seed=11)
+    with torch.no_grad():
+        positions = ours.prepare_positions(pos, seg)
+        assert (positions.mask is None) == (len(text_counts) == 1)
+        calls = []
+        original = dit_module.mrope_cos_sin
+        monkeypatch.setattr(dit_module, "mrope_cos_sin", lambda *a, **k: calls.append(1) or original(*a, **k))
+        prepared = ours(x, t, llm, pos, seg, ind, positions=positions)
+        assert calls == []  # the step loop never rebuilds the angle tables
+        ref = oracle(x, t, llm, pos, seg, ind, return_dict=False)[0]
+    assert max_rel_err(prepared, ref, ind) <= 1e-5
+
+
 def test_bf16_compute_tracks_fp32(models):
     ours, _ = models["bf16"]
     x, t, llm, pos, seg, ind = make_inputs([5])
