@@ -67,13 +67,13 @@ function render() {
     }
     const [y0, x0, y1, x1] = el.bbox;
     const box = document.createElement('div');
-    box.className = 'lc-box lc-' + el.type + (selected ? ' lc-selected' : '');
+    box.className = 'lc-box lc-' + el.type + (selected ? ' lc-selected' : '') + (el.issue ? ' lc-flagged' : '');
     box.dataset.index = String(i);
     box.style.left = x0 / 10 + '%';
     box.style.top = y0 / 10 + '%';
     box.style.width = (x1 - x0) / 10 + '%';
     box.style.height = (y1 - y0) / 10 + '%';
-    box.title = 'bbox [y_min, x_min, y_max, x_max] = [' + el.bbox.join(', ') + ']';
+    box.title = 'bbox [y_min, x_min, y_max, x_max] = [' + el.bbox.join(', ') + ']' + (el.issue ? '\n' + el.issue : '');
     const label = document.createElement('span');
     label.className = 'lc-label';
     label.textContent = labelOf(el, i);

@@ -58,7 +58,8 @@ def canvas_value(state: EditorState, issues: list[Issue] | None = None) -> dict:
     for index, element in enumerate(state.elements):
         mine = [i for i in _issues_for_element(issues, index) if i.severity == "error"]
         elements.append({"type": element.get("type"), "bbox": element.get("bbox"), "text": element.get("text") or "",
-                         "desc": element.get("desc") or "", "issue": mine[0].message if mine else ""})
+                         "desc": element.get("desc") or "",
+                         "issue": f"{mine[0].path.rsplit('.', 1)[-1]}: {mine[0].message}" if mine else ""})
     return {"elements": elements, "selected": state.selected, "aspect": state.width / state.height,
             "background": state.background_image, "opacity": state.background_opacity}
 
@@ -68,7 +69,7 @@ def issues_markdown(issues: list[Issue], empty: str = "") -> str:
         return empty
     rows = []
     for item in issues:
-        where = f" `{item.path}`" if item.path else ""
+        where = f" `{item.path.removeprefix('compositional_deconstruction.')}`" if item.path else ""
         rows.append(f"- **{item.severity}**{where}: {html.escape(item.message)}")
     return "\n".join(rows)
 

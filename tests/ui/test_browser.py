@@ -161,3 +161,24 @@ def test_inspector_edits_relabel_the_box(page):
     elements = caption_in_editor(page)["compositional_deconstruction"]["elements"]
     assert elements[1]["text"] == "SOUTHWIND\nTRAILS"
     screenshot(page, "browser-8-inspector")
+
+
+def test_touch_draws_a_box(browser, app_url):
+    """A finger drag (real touch events through the DevTools protocol) draws a box like a mouse."""
+    context = browser.new_context(viewport={"width": 900, "height": 1000}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    page.goto(app_url)
+    page.wait_for_function("() => (document.querySelector('#token-count') || {}).innerText?.includes('tokens')")
+    stage = page.locator("#layout-canvas .lc-stage")
+    stage.scroll_into_view_if_needed()
+    box = stage.bounding_box()
+    cdp = context.new_cdp_session(page)
+    points = [(box["x"] + box["width"] * f, box["y"] + box["height"] * f) for f in (0.25, 0.4, 0.55, 0.75)]
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": points[0][0], "y": points[0][1]}]})
+    for x, y in points[1:]:
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    (element,) = wait_for_elements(page, 1)
+    assert_close(element["bbox"], [250, 250, 750, 750])
+    screenshot(page, "browser-9-touch")
+    context.close()
