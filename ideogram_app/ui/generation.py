@@ -13,6 +13,7 @@ from typing import Callable
 
 from PIL import Image
 
+from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS
 from ideogram_app.pipeline.metadata import read_image_metadata, save_png
 from ideogram_app.pipeline.prompt import prepare_prompt
 from ideogram_app.pipeline.sampling import PRESETS
@@ -21,7 +22,6 @@ from ideogram_app.pipeline.sizes import check_size
 from .model_slot import ModelSlot
 from .zerogpu import on_gpu
 
-MAX_TOKENS = 2048
 MAX_IMAGES = 4
 SEED_MAX = 2**31 - 1
 PRESET_LABELS = {"Quality · 48 steps": "quality", "Default · 20 steps": "default", "Turbo · 12 steps": "turbo"}
@@ -96,8 +96,8 @@ def check_prompt(prompt: str, count_tokens: Callable[[str], int] | None) -> str:
     prepared = prepare_prompt(prompt)
     if count_tokens is not None:
         count = count_tokens(prepared.text)
-        if count > MAX_TOKENS:
-            raise SettingsError(f"the prompt is {count} tokens long; the model reads at most {MAX_TOKENS}. "
+        if count > MAX_TEXT_TOKENS:
+            raise SettingsError(f"the prompt is {count} tokens long; the model reads at most {MAX_TEXT_TOKENS}. "
                                 "Shorten descriptions or remove elements.")
     return prepared.text
 

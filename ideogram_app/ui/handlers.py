@@ -58,10 +58,9 @@ def save_preview(image: Image.Image) -> str:
 class AppHandlers:
     """Event functions bound to the process's model slot and Stop signals."""
 
-    def __init__(self, slot: ModelSlot, default_preset: str = "default"):
+    def __init__(self, slot: ModelSlot):
         self.slot = slot
         self.stops = StopSignals()
-        self.default_preset = default_preset
 
     # ---- view assembly ---------------------------------------------------------------------
 
@@ -304,14 +303,20 @@ class AppHandlers:
 
     @staticmethod
     def _overlay(result: dict) -> str | None:
+        """The caption's boxes drawn over a result (made once, next to the result)."""
+        path = Path(result["path"])
+        overlay = path.with_name(path.stem + "-overlay.png")
+        if overlay.exists():
+            return str(overlay)
         try:
             caption = parse(result["prompt"])
         except (CaptionSyntaxError, CaptionFormatError):
             return None
         if isinstance(caption, PlainText):
             return None
-        image = Image.open(result["path"])
-        return save_preview(draw_layout(caption, image.width, image.height, image=image))
+        image = Image.open(path)
+        draw_layout(caption, image.width, image.height, image=image).save(overlay, format="PNG")
+        return str(overlay)
 
     def on_result_select(self, results: list[dict], evt: gr.SelectData) -> dict:
         index = evt.index if isinstance(evt.index, int) else evt.index[0]

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from ideogram_app.caption import list_templates
+from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS
 from ideogram_app.pipeline.memory import MEMORY_MODES
 from ideogram_app.pipeline.sizes import ASPECT_PRESETS
 
@@ -22,7 +23,7 @@ from .generation import MAX_IMAGES, PRESET_LABELS, output_dir
 from .handlers import CUSTOM_SIZE, PRESET_BY_NAME, AppHandlers
 from .model_slot import VARIANTS, ModelSlot
 from .state import EditorState
-from .views import ELEMENT_PALETTE_SLOTS, IMAGE_PALETTE_SLOTS, MAX_TOKENS
+from .views import ELEMENT_PALETTE_SLOTS, IMAGE_PALETTE_SLOTS
 
 TITLE = "Ideogram 4 Layout Studio"
 LICENCE_NOTE = (
@@ -36,7 +37,7 @@ ABOUT = f"""
 ### About
 Draw a layout, get an Ideogram 4 image. Boxes are stored as `[y_min, x_min, y_max, x_max]` on a 0–1000 grid
 (y relative to the height, x to the width, origin top-left) — the model's own convention. The caption the model
-sees is the canonical compact JSON (`/format_caption`); prompts are limited to {MAX_TOKENS} tokens.
+sees is the canonical compact JSON (`/format_caption`); prompts are limited to {MAX_TEXT_TOKENS} tokens.
 
 ### Licence
 {LICENCE_NOTE} Read the licence on the model page before using results.

@@ -10,12 +10,12 @@ import json
 from typing import Any
 
 from ideogram_app.caption import Issue, verify
+from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS
 
 from .state import EditorState
 
 ELEMENT_PALETTE_SLOTS = 5
 IMAGE_PALETTE_SLOTS = 16
-MAX_TOKENS = 2048
 CHARS_PER_TOKEN_ESTIMATE = 3.5
 CHAT_TEMPLATE_TOKENS = 10
 DEFAULT_PICKER_COLORS = ("#1F2937", "#F59E0B", "#10B981", "#3B82F6", "#EF4444", "#8B5CF6", "#EC4899", "#14B8A6",
@@ -96,8 +96,8 @@ def token_label(prompt: str, count_tokens=None) -> str:
     else:
         count = CHAT_TEMPLATE_TOKENS + round(len(prompt) / CHARS_PER_TOKEN_ESTIMATE)
         how = "estimate: no model tokenizer loaded"
-    flag = " **over the limit**" if count > MAX_TOKENS else ""
-    return f"**{'~' if count_tokens is None else ''}{count} / {MAX_TOKENS} tokens**{flag} · {how}"
+    flag = " **over the limit**" if count > MAX_TEXT_TOKENS else ""
+    return f"**{'~' if count_tokens is None else ''}{count} / {MAX_TEXT_TOKENS} tokens**{flag} · {how}"
 
 
 def inspector_values(state: EditorState) -> dict:
