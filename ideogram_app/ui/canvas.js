@@ -110,8 +110,36 @@ function rectOf(node) {
   return [b.left - r.left, b.top - r.top, b.right - r.left, b.bottom - r.top];
 }
 
+// One operation in flight at a time: each event carries the session state as it was when it was
+// sent, so a second operation sent before the first one's result arrives would start from stale
+// state. Later operations wait (consecutive nudges are merged) until the new value comes back.
+const RELEASE_AFTER_MS = 1500;
+let inFlight = false;
+let waiting = [];
+let releaseTimer = null;
+
 function send(payload) {
+  if (inFlight) {
+    const last = waiting[waiting.length - 1];
+    if (last && last.op === 'nudge' && payload.op === 'nudge' && last.index === payload.index) {
+      last.dx += payload.dx;
+      last.dy += payload.dy;
+    } else {
+      waiting.push(payload);
+    }
+    return;
+  }
+  inFlight = true;
+  clearTimeout(releaseTimer);
+  releaseTimer = setTimeout(release, RELEASE_AFTER_MS); // an edit that changes nothing sends no value
   trigger('edit', payload);
+}
+
+function release() {
+  inFlight = false;
+  clearTimeout(releaseTimer);
+  const next = waiting.shift();
+  if (next) send(next);
 }
 
 function place(node, x0, y0, x1, y1, w, h) {
@@ -250,4 +278,7 @@ element.addEventListener('click', (event) => {
 });
 
 render();
-watch('value', render);
+watch('value', () => {
+  render();
+  release();
+});

@@ -109,11 +109,6 @@ class AppHandlers:
             return {}
         return self.editor_view(result.state, json_text=False, status=result.status)
 
-    def on_json_blur(self, state: EditorState, text: str) -> dict:
-        """Leaving the editor shows the caption in canonical order again (if the text was valid)."""
-        result = editor.ingest_json(state, text)
-        return {"json": views.json_text(state)} if result.accepted else {}
-
     # ---- compose: inspector and scene fields -----------------------------------------------
 
     def on_element_field(self, field: str):

@@ -184,7 +184,6 @@ def build_demo(slot: ModelSlot, default_preset: str = "default") -> gr.Blocks:
 
         ui["canvas"].edit(bind(handlers.on_canvas_edit), [state], trigger_mode="multiple", **glue)
         ui["json"].change(bind(handlers.on_json_input), [state, ui["json"]], trigger_mode="always_last", **glue)
-        ui["json"].blur(bind(handlers.on_json_blur), [state, ui["json"]], **glue)
         # Text fields listen to `change`: Gradio's `input` misses pasted text. Programmatic updates
         # also fire `change`, so the editor treats "same value" as no edit.
         for field in ("type", "has_box"):

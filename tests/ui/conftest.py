@@ -118,7 +118,7 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, app_url):
+def page(browser, app_url, request):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(20_000)
@@ -130,7 +130,17 @@ def page(browser, app_url):
     page.wait_for_function("() => (document.querySelector('#token-count') || {}).innerText?.includes('tokens')")
     page.js_errors = errors
     yield page
+    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+        screenshot(page, f"FAILED-{request.node.name}")
     context.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Remember each phase's report on the test item, so fixtures can react to failures."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
 
 
 def screenshot(page, name: str) -> Path:

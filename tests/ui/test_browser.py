@@ -113,6 +113,13 @@ def test_keyboard_delete_undo_and_user_text_stays_text(page):
     assert [e["desc"] for e in wait_for_elements(page, 1)] == ["a caption line"]
     page.keyboard.press("Control+z")
     assert [e["desc"] for e in wait_for_elements(page, 2)] == ["a caption line", "a lamp"]
+
+    page.locator("#layout-canvas .lc-box").first.click()
+    page.wait_for_selector("#layout-canvas .lc-box.lc-selected[data-index='0']")
+    for _ in range(12):  # faster than the server round trip: no step may be lost
+        page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowDown")
+    page.wait_for_function(f"() => document.querySelector('{JSON_BOX}').value.includes('[110, 112, 410, 912]')")
     screenshot(page, "browser-5-keyboard")
 
 
@@ -128,8 +135,9 @@ def test_generate_shows_an_image_and_open_in_editor_restores_the_caption(page):
     page.locator("#overlay img").wait_for(state="visible")
     screenshot(page, "browser-6-generated")
 
-    paste_template(page, "product_shot")
-    page.wait_for_function("() => document.querySelector('#json-status').innerText.includes('Caption updated')")
+    other = paste_template(page, "product_shot")
+    count = len(other["compositional_deconstruction"]["elements"])
+    page.wait_for_function(f"() => document.querySelectorAll('#layout-canvas .lc-box').length === {count}")
     page.locator("#open-in-editor").click()
     page.wait_for_function("() => document.querySelector('#json-status').innerText.includes('Opened')")
     assert caption_in_editor(page) == caption

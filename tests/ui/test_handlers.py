@@ -83,12 +83,6 @@ def test_json_input_invalid_only_reports_where(handlers):
     assert set(out) == {"json_status"} and "line 1, column" in out["json_status"]
 
 
-def test_json_blur_reformats_valid_text_only(handlers):
-    state = poster_state()
-    assert handlers.on_json_blur(state, to_json(state.caption)) == {"json": handlers.editor_view(state)["json"]}
-    assert handlers.on_json_blur(state, "{broken") == {}
-
-
 @pytest.mark.parametrize("field, value, check", [
     ("type", "obj", lambda e: e["type"] == "obj" and "text" not in e),
     ("text", "HELLO", lambda e: e["text"] == "HELLO"),
