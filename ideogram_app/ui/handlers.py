@@ -255,10 +255,10 @@ class AppHandlers:
                     progress=gr.Progress()) -> dict:
         """Run the pipeline for this session's caption; results join this session's gallery."""
         try:
+            self.slot.require()  # the most basic thing missing is said first
             settings, warnings = check_settings(preset, width, height, resolve_seed(seed, randomize), num_images,
                                                 input_image, strength)
             prompt = check_prompt(prompt_text(state), self.slot.token_counter())
-            self.slot.require()
         except (ValueError, ModelNotLoadedError) as err:  # settings, caption, size, token count
             raise gr.Error(str(err), duration=None) from None
         for warning in warnings:

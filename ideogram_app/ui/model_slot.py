@@ -96,4 +96,8 @@ class ModelSlot:
             note = f"\n\nLast load failed: {self.last_error}" if self.last_error else ""
             return "**No model loaded.** Composing and previews work; Generate needs a model." + note
         where = loaded.source if not Path(loaded.source).exists() else f"local folder `{loaded.source}`"
-        return f"**Loaded:** {where} · memory mode `{loaded.memory}`"
+        device = getattr(getattr(loaded.pipe, "memory", None), "device", None)
+        note = ("" if device is None or device.type != "cpu" else
+                " · runs on the **CPU** (no GPU found or `cpu` mode): fine for tiny test models, very slow for "
+                "the real one")
+        return f"**Loaded:** {where} · memory mode `{loaded.memory}`{note}"

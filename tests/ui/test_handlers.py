@@ -196,7 +196,7 @@ def test_canvas_background_handlers(handlers, tmp_path):
 
 def test_generate_without_a_model_says_what_is_missing(handlers):
     with pytest.raises(gr.Error) as err:
-        handlers.on_generate(poster_state(), [], **TINY, request=None, progress=Progress())
+        handlers.on_generate(EditorState(), [], **TINY, request=None, progress=Progress())
     assert err.value.message == HOW_TO_GET_WEIGHTS
 
 
@@ -290,7 +290,8 @@ def test_load_model_then_exact_token_count(tiny_repo):
     handlers = AppHandlers(ModelSlot())
     state = poster_state()
     assert "estimate" in handlers.on_refresh_tokens(state)["tokens"]
-    assert "Loaded" in handlers.on_load_model(str(tiny_repo), "cpu", progress=Progress())["model_status"]
+    status = handlers.on_load_model(str(tiny_repo), "cpu", progress=Progress())["model_status"]
+    assert "Loaded" in status and "runs on the **CPU**" in status
     tokens = handlers.on_refresh_tokens(state)["tokens"]
     count = handlers.slot.loaded.pipe.tokenizer.count(to_json(state.caption))
     assert tokens.startswith(f"**{count} / 2048 tokens**") and "exact" in tokens
