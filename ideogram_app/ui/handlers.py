@@ -7,6 +7,7 @@ result; they hold no caption logic of their own.
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 import uuid
 from pathlib import Path
@@ -283,7 +284,7 @@ class AppHandlers:
         new_results = list(results) + save_results(images)
         return {"results": new_results, "gallery": self.gallery_items(new_results), "seed": settings.seed,
                 "gen_status": f"Done: {len(images)} image(s), seed {settings.seed}, {settings.width}×{settings.height}, "
-                              f"{settings.preset}.", "result_settings": new_results[-1]["settings"],
+                              f"{settings.preset}.", "result_settings": self.result_details(new_results[-1]),
                 "selected_result": len(new_results) - 1,
                 "overlay": self._overlay(new_results[-1])}
 
@@ -291,6 +292,15 @@ class AppHandlers:
     def gallery_items(results: list[dict]) -> list[tuple[str, str]]:
         return [(r["path"], f"seed {r['settings']['seed']} · {r['settings']['preset']} · "
                             f"{r['settings']['width']}×{r['settings']['height']}") for r in results]
+
+    @staticmethod
+    def result_details(result: dict) -> dict:
+        """What the gallery shows next to a result: its prompt (as JSON when it is a caption) and settings."""
+        try:
+            prompt = json.loads(result["prompt"])
+        except json.JSONDecodeError:
+            prompt = result["prompt"]
+        return {"prompt": prompt, "settings": result["settings"]}
 
     def on_stop(self, request: gr.Request) -> dict:
         stopped = self.stops.stop(request.session_hash if request is not None else "local")
@@ -317,7 +327,7 @@ class AppHandlers:
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not 0 <= index < len(results):
             return {}
-        return {"selected_result": index, "result_settings": results[index]["settings"],
+        return {"selected_result": index, "result_settings": self.result_details(results[index]),
                 "overlay": self._overlay(results[index])}
 
     def on_open_result(self, state: EditorState, results: list[dict], selected: int | None) -> dict:

@@ -69,7 +69,7 @@ def build_demo(slot: ModelSlot, default_preset: str = "default") -> gr.Blocks:
                     ui["canvas"] = LayoutCanvas(elem_id="layout-canvas")
                     with gr.Row():
                         ui["template"] = gr.Dropdown(list_templates(), label="Template", value=None, scale=3)
-                        ui["load_template"] = gr.Button("Load template", scale=1)
+                        ui["load_template"] = gr.Button("Reload template", scale=1)
                         ui["add_obj"] = gr.Button("+ obj element", scale=1)
                         ui["add_text"] = gr.Button("+ text element", scale=1)
                     with gr.Accordion("Canvas background (reference or last result)", open=False):
@@ -156,7 +156,7 @@ def build_demo(slot: ModelSlot, default_preset: str = "default") -> gr.Blocks:
                     with gr.Row():
                         ui["overlay"] = gr.Image(label="Placement overlay (boxes over the result)",
                                                  type="filepath", interactive=False, elem_id="overlay")
-                        ui["result_settings"] = gr.JSON(label="Caption settings of the selected result")
+                        ui["result_settings"] = gr.JSON(label="Caption and settings of the selected result")
 
         with gr.Tab("Model"):
             ui["model_status"] = gr.Markdown(elem_id="model-status")
@@ -209,6 +209,7 @@ def build_demo(slot: ModelSlot, default_preset: str = "default") -> gr.Blocks:
                           trigger_mode="always_last", **glue)
         ui["undo"].click(bind(handlers.on_undo), [state], **glue)
         ui["redo"].click(bind(handlers.on_redo), [state], **glue)
+        ui["template"].input(bind(handlers.on_load_template), [state, ui["template"]], **glue)
         ui["load_template"].click(bind(handlers.on_load_template), [state, ui["template"]], **glue)
         ui["import"].upload(bind(handlers.on_import_file), [state, ui["import"]], **glue)
         ui["export"].click(handlers.on_export, [state], [ui["export_file"]], api_visibility="private",

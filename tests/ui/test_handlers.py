@@ -225,7 +225,8 @@ def test_generate_select_overlay_and_open_in_editor(tiny_handlers, handlers):
     assert Image.open(out["overlay"]).size == (64, 48)
 
     selected = handlers.on_result_select(out["results"], gr.SelectData(None, {"index": 0, "value": None}))
-    assert selected["result_settings"]["seed"] == 7 and selected["selected_result"] == 0
+    assert selected["result_settings"]["settings"]["seed"] == 7 and selected["selected_result"] == 0
+    assert selected["result_settings"]["prompt"] == state.caption
 
     opened = handlers.on_open_result(EditorState(), out["results"], 0)
     assert opened["state"].caption == state.caption
