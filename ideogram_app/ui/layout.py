@@ -127,7 +127,7 @@ def build_demo(slot: ModelSlot, default_preset: str = "default") -> gr.Blocks:
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2):
                     ui["preset"] = gr.Dropdown(list(PRESET_LABELS), value=PRESET_BY_NAME[default_preset],
-                                               label="Preset")
+                                               label="Preset", elem_id="preset")
                     ui["aspect"] = gr.Dropdown(list(ASPECT_PRESETS) + [CUSTOM_SIZE], value="1:1 · 1 MP",
                                                label="Aspect / size preset")
                     with gr.Row():

@@ -190,3 +190,23 @@ def test_touch_draws_a_box(browser, app_url):
     assert_close(element["bbox"], [250, 250, 750, 750])
     screenshot(page, "browser-9-touch")
     context.close()
+
+
+def test_stop_ends_a_running_generation(page):
+    paste_template(page, "logo")
+    page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-box').length === 3")
+    for field in ("#width input", "#height input"):
+        page.locator(field).fill("64")
+    page.locator("#preset input").click()
+    page.get_by_role("option", name="Quality · 48 steps").click()
+    page.wait_for_function("() => document.querySelector('#preset input').value.startsWith('Quality')")
+    page.locator("#generate-btn").click()
+    page.wait_for_function("() => /denoising step [1-9]/.test(document.querySelector('#gallery').innerText)",
+                           timeout=60_000)
+    page.locator("#stop-btn").click()
+    page.wait_for_function("() => document.querySelector('#gen-status').innerText.includes('Stopped after step')",
+                           timeout=60_000)
+    step = int(page.locator("#gen-status").inner_text().split("step ")[1].split(";")[0])
+    assert 1 <= step < 48
+    assert page.locator("#gallery img").count() == 0
+    screenshot(page, "browser-10-stopped")
