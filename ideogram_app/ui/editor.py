@@ -205,7 +205,7 @@ def _caption_object(caption: dict) -> Caption:
 
 def _with_caption(state: EditorState, caption: dict, field_key: str) -> EditorState:
     """`state` with `caption`, as one undo step per field; the same object when nothing changed
-    (Gradio also reports programmatic field updates, which must not become edits)."""
+    (a field's `blur` after its `input` events repeats the value)."""
     if caption == state.caption:
         return state
     new = edited(state, field_key=field_key)
@@ -247,8 +247,8 @@ def set_style_kind(state: EditorState, kind: str) -> EditorState:
 
 
 def set_style_field(state: EditorState, field: str, value) -> EditorState:
-    """Change one field of the style block (no block: nothing to change). One field per call, because
-    Gradio reports each updated form field separately, with the others possibly not yet updated."""
+    """Change one field of the style block (no block: nothing to change). One field per call: each
+    form field reports its own edits, so a handler never reads a neighbour field mid-update."""
     if field not in STYLE_FIELDS:
         raise ValueError(f"unknown style field {field!r}; expected one of {', '.join(STYLE_FIELDS)}")
     caption = _caption_object(state.caption)
@@ -290,7 +290,7 @@ def ingest_json(state: EditorState, text: str) -> JsonResult:
         return JsonResult(new, "Plain-text prompt: it will be sent as it is (JSON captions give much better "
                                "control). The canvas is not used for plain text.", [], True)
     if parsed.to_dict() == state.caption and state.plain_text is None:
-        return JsonResult(state, "", [], True)  # the editor just shows what the state holds
+        return JsonResult(state, "", [], True)  # e.g. leaving the editor without a change
     new = edited(state, field_key="json")
     new.caption = parsed.to_dict()
     new.selected = clamp_selection(state.selected, len(new.elements))

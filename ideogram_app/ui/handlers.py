@@ -222,7 +222,7 @@ class AppHandlers:
             except gr.Error as err:
                 return {"size_note": f"**Invalid size:** {err.message}"}
             if (width, height) == (state.width, state.height):
-                return {}  # a preset (or an opened result) just set this field
+                return {}
             return self._resize(state, width, height, custom=True)
         handler.__name__ = f"on_custom_{side}"
         return handler
@@ -247,7 +247,7 @@ class AppHandlers:
         if not results:
             gr.Warning("no result yet: generate an image first")
             return {}
-        return {**self.on_canvas_background(state, results[-1]["path"], opacity), "canvas_bg": results[-1]["path"]}
+        return self.on_canvas_background(state, results[-1]["path"], opacity)
 
     # ---- generate ----------------------------------------------------------------------------
 
@@ -303,8 +303,13 @@ class AppHandlers:
         return {"prompt": prompt, "settings": result["settings"]}
 
     def on_stop(self, request: gr.Request) -> dict:
-        stopped = self.stops.stop(request.session_hash if request is not None else "local")
-        return {"gen_status": "Stopping after the current step…" if stopped else "Nothing is running."}
+        """Signal this session's run. Only toasts here: the run's own handler writes the final status,
+        and a status written by Stop could arrive after it."""
+        if self.stops.stop(request.session_hash if request is not None else "local"):
+            gr.Info("Stopping after the current step…")
+        else:
+            gr.Warning("Nothing is running.")
+        return {}
 
     @staticmethod
     def _overlay(result: dict) -> str | None:

@@ -183,27 +183,28 @@ def build_demo(slot: ModelSlot, default_preset: str = "default") -> gr.Blocks:
         state = ui["state"]
 
         ui["canvas"].edit(bind(handlers.on_canvas_edit), [state], trigger_mode="multiple", **glue)
-        ui["json"].change(bind(handlers.on_json_input), [state, ui["json"]], trigger_mode="always_last", **glue)
-        # Text fields listen to `change`: Gradio's `input` misses pasted text. Programmatic updates
-        # also fire `change`, so the editor treats "same value" as no edit.
+        # Text fields listen to `input` (Gradio fires it on key presses) and `blur` (which catches pasted
+        # text, for which Gradio fires no `input`). Never `change`: it also fires for values the app
+        # itself sets, and such echoes, processed after a newer edit, would undo that edit.
+        def on_user_text(component, fn, inputs):
+            for listener in (component.input, component.blur):
+                listener(bind(fn), inputs, trigger_mode="always_last", **glue)
+
+        on_user_text(ui["json"], handlers.on_json_input, [state, ui["json"]])
         for field in ("type", "has_box"):
             ui[f"el_{field}"].input(bind(handlers.on_element_field(field)), [state, ui[f"el_{field}"]], **glue)
         for field in ("text", "desc"):
-            ui[f"el_{field}"].change(bind(handlers.on_element_field(field)), [state, ui[f"el_{field}"]],
-                                     trigger_mode="always_last", **glue)
+            on_user_text(ui[f"el_{field}"], handlers.on_element_field(field), [state, ui[f"el_{field}"]])
         for trigger in [ui["el_palette_count"], *el_pickers]:
             trigger.input(bind(handlers.on_element_palette), [state, ui["el_palette_count"], *el_pickers],
                           trigger_mode="always_last", **glue)
         ui["add_obj"].click(bind(handlers.on_add_element("obj")), [state], **glue)
         ui["add_text"].click(bind(handlers.on_add_element("text")), [state], **glue)
-        ui["hld"].change(bind(handlers.on_high_level_description), [state, ui["hld"]], trigger_mode="always_last",
-                         **glue)
-        ui["background"].change(bind(handlers.on_background_text), [state, ui["background"]],
-                                trigger_mode="always_last", **glue)
+        on_user_text(ui["hld"], handlers.on_high_level_description, [state, ui["hld"]])
+        on_user_text(ui["background"], handlers.on_background_text, [state, ui["background"]])
         ui["style_kind"].input(bind(handlers.on_style_kind), [state, ui["style_kind"]], **glue)
         for field in ("aesthetics", "lighting", "photo_or_art", "medium"):
-            ui[field].change(bind(handlers.on_style_field(field)), [state, ui[field]], trigger_mode="always_last",
-                             **glue)
+            on_user_text(ui[field], handlers.on_style_field(field), [state, ui[field]])
         for trigger in [ui["palette_count"], *scene_pickers]:
             trigger.input(bind(handlers.on_style_palette), [state, ui["palette_count"], *scene_pickers],
                           trigger_mode="always_last", **glue)
@@ -216,9 +217,8 @@ def build_demo(slot: ModelSlot, default_preset: str = "default") -> gr.Blocks:
                            concurrency_limit=None)
         ui["aspect"].input(bind(handlers.on_aspect_preset), [state, ui["aspect"]], **glue)
         for side in ("width", "height"):
-            ui[side].change(bind(handlers.on_custom_size(side)), [state, ui[side]], trigger_mode="always_last",
-                            **glue)
-        for trigger in (ui["canvas_bg"].change, ui["canvas_opacity"].release):
+            on_user_text(ui[side], handlers.on_custom_size(side), [state, ui[side]])
+        for trigger in (ui["canvas_bg"].upload, ui["canvas_bg"].clear, ui["canvas_opacity"].release):
             trigger(bind(handlers.on_canvas_background), [state, ui["canvas_bg"], ui["canvas_opacity"]], **glue)
         ui["use_last"].click(bind(handlers.on_use_last_result), [state, ui["results"], ui["canvas_opacity"]], **glue)
 

@@ -42,9 +42,16 @@ def assert_close(actual, expected, tolerance=1):
     assert all(abs(a - e) <= tolerance for a, e in zip(actual, expected)), (actual, expected)
 
 
+def enter(page, selector: str, text: str) -> None:
+    """Paste `text` into a field and leave it, as a user does (Gradio reports pasted text on blur)."""
+    field = page.locator(selector)
+    field.fill(text)
+    field.press("Tab")
+
+
 def paste_template(page, name: str) -> dict:
     text = (EXAMPLES_DIR / f"{name}.json").read_text(encoding="utf-8")
-    page.locator(JSON_BOX).fill(text)
+    enter(page, JSON_BOX, text)
     return json.loads(text)
 
 
@@ -90,7 +97,7 @@ def test_pasting_a_template_draws_its_boxes(page):
     first = page.locator("#layout-canvas .lc-box").first
     assert first.evaluate("b => [b.style.top, b.style.left, b.style.height, b.style.width]") == [
         "5%", "8%", "18%", "84%"]  # [50, 80, 230, 920] in tenths of a percent
-    page.locator(JSON_BOX).fill('{"compositional_deconstruction": {"background": "x",, ')
+    enter(page, JSON_BOX, '{"compositional_deconstruction": {"background": "x",, ')
     page.wait_for_function("() => document.querySelector('#json-status').innerText.includes('Invalid JSON at line 1')")
     assert page.locator("#layout-canvas .lc-box").count() == len(boxed)  # canvas untouched
     screenshot(page, "browser-4-template")
@@ -101,7 +108,7 @@ def test_keyboard_delete_undo_and_user_text_stays_text(page):
     caption = {"compositional_deconstruction": {"background": "white", "elements": [
         {"type": "text", "bbox": [100, 100, 400, 900], "text": hostile, "desc": "a caption line"},
         {"type": "obj", "bbox": [500, 100, 900, 900], "desc": "a lamp"}]}}
-    page.locator(JSON_BOX).fill(json.dumps(caption))
+    enter(page, JSON_BOX, json.dumps(caption))
     page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-box').length === 2")
     assert hostile in page.locator("#layout-canvas .lc-label").first.text_content()
     assert page.locator("#layout-canvas .lc-box img").count() == 0
@@ -127,7 +134,7 @@ def test_generate_shows_an_image_and_open_in_editor_restores_the_caption(page):
     caption = paste_template(page, "logo")
     page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-box').length > 0")
     for field in ("#width input", "#height input"):
-        page.locator(field).fill("64")
+        enter(page, field, "64")
     page.wait_for_function("() => document.querySelector('#layout-canvas .lc-stage').style.aspectRatio !== ''")
     page.locator("#generate-btn").click()
     page.locator("#gallery img").first.wait_for(state="visible", timeout=120_000)
@@ -163,11 +170,16 @@ def test_inspector_edits_relabel_the_box(page):
     page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-box').length === 3")
     page.locator("#layout-canvas .lc-box").nth(1).click()
     page.wait_for_function("() => document.querySelector('#element-text textarea').value === 'NORTHWIND'")
-    page.locator("#element-text textarea").fill("SOUTHWIND\nTRAILS")
+    enter(page, "#element-text textarea", "SOUTHWIND\nTRAILS")
     page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-label')[1].textContent"
                            ".includes('SOUTHWIND')")
     elements = caption_in_editor(page)["compositional_deconstruction"]["elements"]
     assert elements[1]["text"] == "SOUTHWIND\nTRAILS"
+    desc = page.locator("#element-desc textarea")
+    desc.click()
+    desc.press("End")
+    desc.press_sequentially(" Bold.")  # typing updates live, without leaving the field
+    page.wait_for_function(f"() => document.querySelector('{JSON_BOX}').value.includes('below the emblem. Bold.')")
     screenshot(page, "browser-8-inspector")
 
 
@@ -196,7 +208,7 @@ def test_stop_ends_a_running_generation(page):
     paste_template(page, "logo")
     page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-box').length === 3")
     for field in ("#width input", "#height input"):
-        page.locator(field).fill("64")
+        enter(page, field, "512")  # ~0.4 s per step with the tiny model: time to press Stop
     page.locator("#preset input").click()
     page.get_by_role("option", name="Quality · 48 steps").click()
     page.wait_for_function("() => document.querySelector('#preset input').value.startsWith('Quality')")
