@@ -18,7 +18,7 @@ from ideogram_app.pipeline.hub import ModelSourceError
 from ideogram_app.pipeline.memory import FP8_MODES, MEMORY_MODES
 from ideogram_app.pipeline.metadata import save_png
 from ideogram_app.pipeline.prompt import InvalidCaptionError, prepare_prompt
-from ideogram_app.pipeline.sampling import PRESETS, resolve_sampler
+from ideogram_app.pipeline.sampling import PRESETS, check_denoising_strength, resolve_sampler
 from ideogram_app.pipeline.sizes import SizeError, check_size, parse_size
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -87,8 +87,10 @@ def check_arguments(args: argparse.Namespace) -> dict:
         strength = 0.7 if args.strength is None else args.strength
     elif args.strength is not None:
         raise UsageError("--strength needs --input-image")
-    if not 0.0 < strength <= 1.0:
-        raise UsageError(f"--strength must be in (0, 1] (1.0 = ignore the input image), got {strength}")
+    try:
+        check_denoising_strength(strength)
+    except ValueError:
+        raise UsageError(f"--strength must be in (0, 1] (1.0 = ignore the input image), got {strength}") from None
     prompt = read_caption(args.caption)
     try:
         prepare_prompt(prompt)

@@ -25,6 +25,12 @@ class PromptTooLongError(ValueError):
         )
 
 
+def check_token_count(token_count: int) -> None:
+    """The one place the 2048-token limit is enforced (tokenizer, pipeline and app call it)."""
+    if token_count > MAX_TEXT_TOKENS:
+        raise PromptTooLongError(token_count)
+
+
 def _tokenizer_folder(path: Path) -> Path:
     for folder in (path / "tokenizer", path):
         if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
@@ -54,6 +60,5 @@ class PromptTokenizer:
     def token_ids(self, prompt: str) -> list[int]:
         """Token ids of the templated prompt; raises `PromptTooLongError` above 2048."""
         ids = self._tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"]
-        if len(ids) > MAX_TEXT_TOKENS:
-            raise PromptTooLongError(len(ids))
+        check_token_count(len(ids))
         return ids

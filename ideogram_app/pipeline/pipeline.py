@@ -22,7 +22,7 @@ from PIL import Image
 from ideogram_app.caption import Caption
 from ideogram_app.model.dit_loading import load_transformer
 from ideogram_app.model.latents import TOKEN_CHANNELS, denormalize_latents, normalize_latents, patchify, unpatchify
-from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS, PromptTokenizer, PromptTooLongError
+from ideogram_app.model.prompt_tokenizer import PromptTokenizer, check_token_count
 from ideogram_app.model.text_encoder import load_text_encoder
 from ideogram_app.model.token_layout import build_token_layout
 from ideogram_app.model.vae_loading import load_vae
@@ -35,7 +35,14 @@ from ideogram_app.pipeline.model_config import (
     components_from_model,
 )
 from ideogram_app.pipeline.prompt import PreparedPrompt, prepare_prompt
-from ideogram_app.pipeline.sampling import SamplerSettings, euler_step, guided_velocity, resolve_sampler, schedule
+from ideogram_app.pipeline.sampling import (
+    SamplerSettings,
+    check_denoising_strength,
+    euler_step,
+    guided_velocity,
+    resolve_sampler,
+    schedule,
+)
 from ideogram_app.pipeline.sizes import check_size
 
 log = logging.getLogger(__name__)
@@ -218,14 +225,7 @@ class Ideogram4Pipeline:
             log.warning("%s", message)
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
-        if isinstance(denoising_strength, bool) or not isinstance(denoising_strength, (int, float)) or not (
-            0.0 < denoising_strength <= 1.0
-        ):
-            raise ValueError(
-                f"denoising_strength must be in (0, 1] (1.0 = pure text-to-image, smaller keeps more of "
-                f"input_image), got {denoising_strength!r}"
-            )
-        denoising_strength = float(denoising_strength)
+        denoising_strength = check_denoising_strength(denoising_strength)
         if denoising_strength < 1.0 and input_image is None:
             raise ValueError(f"denoising_strength {denoising_strength} needs an input_image to start from")
         if seed is None:
@@ -247,8 +247,7 @@ class Ideogram4Pipeline:
                 image = load_input_image(input_image, width, height)
         prepared = prepare_prompt(prompt)
         num_tokens = self.tokenizer.count(prepared.text)
-        if num_tokens > MAX_TEXT_TOKENS:
-            raise PromptTooLongError(num_tokens)
+        check_token_count(num_tokens)
         times = schedule(sampler.steps, height, width, sampler.mu, sampler.std, denoising_strength)
         return GenerationRequest(
             prompt=prepared,

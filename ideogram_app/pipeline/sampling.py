@@ -46,6 +46,16 @@ def time_at(u: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return t.clamp(T_MIN, T_MAX)
 
 
+def check_denoising_strength(strength: object) -> float:
+    """The one img2img strength rule: a number in (0, 1]; 1.0 is pure text-to-image."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise ValueError(
+            f"denoising_strength must be in (0, 1] (1.0 = pure text-to-image, smaller keeps more of "
+            f"input_image), got {strength!r}"
+        )
+    return float(strength)
+
+
 def schedule(
     num_steps: int,
     height: int,

@@ -13,10 +13,10 @@ from typing import Callable
 
 from PIL import Image
 
-from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS
+from ideogram_app.model.prompt_tokenizer import PromptTooLongError, check_token_count
 from ideogram_app.pipeline.metadata import read_image_metadata, save_png
 from ideogram_app.pipeline.prompt import prepare_prompt
-from ideogram_app.pipeline.sampling import PRESETS
+from ideogram_app.pipeline.sampling import PRESETS, check_denoising_strength
 from ideogram_app.pipeline.sizes import check_size
 
 from .model_slot import ModelSlot
@@ -83,8 +83,10 @@ def check_settings(preset: str, width, height, seed, num_images, input_image: st
     if not 0 <= ints["seed"] <= SEED_MAX:
         raise SettingsError(f"seed {ints['seed']} is outside 0..{SEED_MAX}")
     strength = float(strength if input_image else 1.0)
-    if input_image and not 0.0 < strength <= 1.0:
-        raise SettingsError(f"img2img strength {strength} is outside (0, 1]; 1.0 ignores the input image")
+    try:
+        check_denoising_strength(strength)
+    except ValueError:
+        raise SettingsError(f"img2img strength {strength} is outside (0, 1]; 1.0 ignores the input image") from None
     settings = GenerationSettings(preset, ints["width"], ints["height"], ints["seed"], ints["num_images"],
                                   input_image or None, strength)
     return settings, warnings
@@ -95,10 +97,11 @@ def check_prompt(prompt: str, count_tokens: Callable[[str], int] | None) -> str:
     before any heavy work; raises the pipeline's InvalidCaptionError / CaptionSyntaxError."""
     prepared = prepare_prompt(prompt)
     if count_tokens is not None:
-        count = count_tokens(prepared.text)
-        if count > MAX_TEXT_TOKENS:
-            raise SettingsError(f"the prompt is {count} tokens long; the model reads at most {MAX_TEXT_TOKENS}. "
-                                "Shorten descriptions or remove elements.")
+        try:
+            check_token_count(count_tokens(prepared.text))
+        except PromptTooLongError as err:
+            raise SettingsError(f"the prompt is {err.token_count} tokens long; the model reads at most {err.limit}. "
+                                "Shorten descriptions or remove elements.") from None
     return prepared.text
 
 
