@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-F1 = ROOT / "assets" / "examples" / "formula1_diffsynth.json"
+F1 = ROOT / "ideogram_app" / "caption" / "examples" / "formula1_diffsynth.json"
 
 
 def run(*args, stdin=None):

@@ -9,6 +9,7 @@ from jsonschema import Draft202012Validator
 
 from ideogram_app.caption import list_templates, verify
 from ideogram_app.caption.schema import load_schema, schema_errors
+from ideogram_app.caption.templates import template_text
 from tests.caption.captions import valid
 from tests.caption.test_verify import CASES, C
 
@@ -23,7 +24,7 @@ def test_schema_is_valid_2020_12():
 
 @pytest.mark.parametrize("name", list_templates())
 def test_templates_pass_both(name):
-    text = open(f"assets/examples/{name}.json", encoding="utf-8").read()
+    text = template_text(name)
     assert schema_errors(json.loads(text)) == []
     assert verify(text) == []
 

@@ -6,8 +6,9 @@ import pytest
 
 from ideogram_app.caption import Caption, list_templates, load_template, to_json, verify
 from ideogram_app.caption.rules import CODES
+from ideogram_app.caption.templates import template_text
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
+ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = {"formula1_diffsynth", "poster_headline", "product_shot", "portrait_photo", "infographic", "logo",
             "app_ui_mock"}
 
@@ -18,7 +19,7 @@ def test_all_required_templates_are_listed():
 
 @pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_template_files_are_canonical_and_clean(name):
-    text = (EXAMPLES / f"{name}.json").read_text(encoding="utf-8")
+    text = template_text(name)
     assert verify(text) == []
     assert text == to_json(text) + "\n"
     caption = load_template(name)
@@ -26,7 +27,7 @@ def test_template_files_are_canonical_and_clean(name):
 
 
 def test_formula1_keeps_the_diffsynth_content_with_literal_symbols():
-    text = (EXAMPLES / "formula1_diffsynth.json").read_text(encoding="utf-8")
+    text = template_text("formula1_diffsynth")
     assert "World Championship™" in text and "© Anadolu Agency via Getty Images" in text and "\\u" not in text
     data = json.loads(text)
     elements = data["compositional_deconstruction"]["elements"]
@@ -41,9 +42,16 @@ def test_formula1_keeps_the_diffsynth_content_with_literal_symbols():
 def test_unknown_template_names_list_the_valid_ones():
     with pytest.raises(KeyError, match="poster_headline"):
         load_template("nope")
+    with pytest.raises(KeyError, match="no template 'nope'"):
+        template_text("nope")
+
+
+def test_every_json_file_in_the_package_folder_is_a_template():
+    folder = ROOT / "ideogram_app" / "caption" / "examples"
+    assert list_templates() == sorted(path.stem for path in folder.glob("*.json"))
 
 
 def test_docs_list_every_verifier_code_with_its_severity():
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "caption.md").read_text(encoding="utf-8")
+    docs = (ROOT / "docs" / "caption.md").read_text(encoding="utf-8")
     for code, severity in CODES.items():
         assert f"| `{code}` | {severity} |" in docs

@@ -1,0 +1,73 @@
+"""`pip install` the project into a fresh virtual environment and use the installed copy.
+
+Guards the package data: the templates, the caption schema and the canvas files must ship inside the
+wheel, because `ideogram_app` reads them next to its modules (never from a source checkout). The
+sources are copied to a temporary folder first so the in-tree build leaves no `build/` or `*.egg-info`
+in the checkout; the check runs with `python -I` from another folder, so neither the checkout nor the
+current directory is on `sys.path` and only the installed copy can be imported.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHECK = """
+import json
+from pathlib import Path
+
+import ideogram_app
+from ideogram_app.caption import verify
+from ideogram_app.caption.schema import load_schema
+from ideogram_app.caption.templates import list_templates, load_template, template_text
+
+package = Path(ideogram_app.__file__).parent
+print(json.dumps({
+    "package": str(package),
+    "templates": list_templates(),
+    "elements": {name: len(load_template(name).elements) for name in list_templates()},
+    "issues": {name: [issue.code for issue in verify(template_text(name))] for name in list_templates()},
+    "schema_title": load_schema()["title"],
+    "ui_files": sorted(p.name for p in (package / "ui").iterdir() if p.suffix in (".css", ".js")),
+}))
+"""
+
+
+def test_installed_wheel_ships_and_loads_every_template(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "ideogram_app", source / "ideogram_app",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyi"))
+
+    venv = tmp_path / "venv"
+    # No pip of its own: the venv runs the suite's pip and setuptools (requirements-dev.txt) from the system
+    # site-packages, which install into the venv. ensurepip's bundled setuptools varies per Python version
+    # and some cannot build a wheel without the `wheel` package.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "PIP_"))}
+    env.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                              str(source)], capture_output=True, text=True, env=env, timeout=180)
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = subprocess.run([str(venv / "bin" / "python"), "-I", "-c", CHECK], cwd=elsewhere, capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout)
+
+    installed = Path(found["package"])
+    assert installed.is_relative_to(venv) and not installed.is_relative_to(ROOT), installed
+    expected = sorted(path.stem for path in (ROOT / "ideogram_app" / "caption" / "examples").glob("*.json"))
+    assert len(expected) >= 7 and found["templates"] == expected
+    assert all(count > 0 for count in found["elements"].values()), found["elements"]
+    assert found["issues"] == {name: [] for name in expected}
+    assert found["schema_title"] == "Ideogram 4 structured caption"
+    assert found["ui_files"] == sorted(p.name for p in (ROOT / "ideogram_app" / "ui").iterdir() if p.suffix in (".css", ".js"))
