@@ -25,12 +25,12 @@ CAPTION = {
     },
 }
 CASES = {
-    "t2i_fp8": dict(layout="fp8", prompt=CAPTION, width=64, height=48, preset="turbo", seed=7),
-    "t2i_bf16": dict(layout="bf16", prompt=CAPTION, width=64, height=48, preset="turbo", seed=7),
-    "t2i_split": dict(layout="split", prompt=CAPTION, width=64, height=48, preset="turbo", seed=7),
-    "img2img_fp8": dict(layout="fp8", prompt=CAPTION, width=64, height=48, preset="turbo", seed=11,
+    "t2i_fp8": dict(layout="fp8", prompt=CAPTION, width=80, height=64, preset="turbo", seed=7),
+    "t2i_bf16": dict(layout="bf16", prompt=CAPTION, width=80, height=64, preset="turbo", seed=7),
+    "t2i_split": dict(layout="split", prompt=CAPTION, width=80, height=64, preset="turbo", seed=7),
+    "img2img_fp8": dict(layout="fp8", prompt=CAPTION, width=80, height=64, preset="turbo", seed=11,
                         input_image="gradient", denoising_strength=0.6),
-    "cfg_plain_bf16": dict(layout="bf16", prompt="a red bicycle leaning on a wall", width=48, height=64,
+    "cfg_plain_bf16": dict(layout="bf16", prompt="a red bicycle leaning on a wall", width=64, height=96,
                            cfg_scale=3.0, num_inference_steps=4, seed=5, num_images=2),
 }
 
@@ -70,7 +70,7 @@ def test_cli_draws_the_pinned_image(tiny_repos, tmp_path):
     out = tmp_path / "cli.png"
     subprocess.run(
         [sys.executable, "-m", "ideogram_app.generate", "--model", str(tiny_repos["fp8"]), "--caption", str(caption),
-         "--out", str(out), "--size", "64x48", "--preset", "turbo", "--seed", "7", "--dtype", "float32",
+         "--out", str(out), "--size", "80x64", "--preset", "turbo", "--seed", "7", "--dtype", "float32",
          "--memory", "cpu"],
         check=True, capture_output=True, timeout=300,
     )
