@@ -1,4 +1,4 @@
-"""Fixtures for the app tests: a tiny model repo, a loaded model slot, ONE really launched app per
+"""Fixtures for the app tests: a loaded model slot (on `tiny_repo` from tests/conftest.py), ONE really launched app per
 session (`python app.py --model <tiny repo>`), a gradio_client for it, and one headless Debian
 chromium shared by the browser tests."""
 from __future__ import annotations
@@ -15,16 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.tiny_repo import write_tiny_repo
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 START_TIMEOUT_S = 120
-
-
-@pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory) -> Path:
-    return write_tiny_repo(tmp_path_factory.mktemp("tiny-repo"), "fp8")
 
 
 @pytest.fixture(scope="session")

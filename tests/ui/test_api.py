@@ -8,14 +8,10 @@ import pytest
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from ideogram_app.caption.templates import EXAMPLES_DIR
+from ideogram_app.caption.templates import template_text
 from ideogram_app.pipeline.metadata import read_image_metadata
 
 PUBLIC = {"/generate", "/validate_caption", "/format_caption", "/render_layout"}
-
-
-def template_text(name: str) -> str:
-    return (EXAMPLES_DIR / f"{name}.json").read_text(encoding="utf-8")
 
 
 def test_only_the_four_endpoints_are_public(client):

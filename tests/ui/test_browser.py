@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ideogram_app.caption.templates import EXAMPLES_DIR
+from ideogram_app.caption.templates import template_text
 from tests.ui.conftest import screenshot
 
 pytestmark = pytest.mark.browser
@@ -50,7 +50,7 @@ def enter(page, selector: str, text: str) -> None:
 
 
 def paste_template(page, name: str) -> dict:
-    text = (EXAMPLES_DIR / f"{name}.json").read_text(encoding="utf-8")
+    text = template_text(name)
     enter(page, JSON_BOX, text)
     return json.loads(text)
 
