@@ -25,8 +25,8 @@ from .zerogpu import on_gpu
 MAX_IMAGES = 4
 SEED_MAX = 2**31 - 1
 PRESET_LABELS = {"Quality · 48 steps": "quality", "Default · 20 steps": "default", "Turbo · 12 steps": "turbo"}
-# Rough H100/H200 seconds per denoising step at 1 MP with both transformers (performance.md class
-# numbers); only used to ask ZeroGPU for a slot long enough.
+# Upper bound of H100/H200 seconds per denoising step at 1 MP with both transformers (docs/app.md,
+# "Hugging Face Spaces", has the measurements); only used to ask ZeroGPU for a slot long enough.
 SECONDS_PER_STEP_AT_1MP = 1.2
 FIXED_OVERHEAD_S = 20
 
