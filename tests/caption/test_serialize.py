@@ -1,4 +1,4 @@
-"""to_json: the exact training format. Expected strings are written by hand from the spec."""
+"""to_json: the exact training format. Expected strings are written by hand from docs/caption.md, "The format"."""
 import json
 
 import pytest

@@ -44,7 +44,7 @@ def test_config_rejects_mrope_wider_than_the_head():
 
 def test_mrope_interleave_rule():
     axis = mrope_axis_of_pair(128, (24, 20, 20))
-    assert [(axis == a).sum().item() for a in range(3)] == [88, 20, 20]  # spec §2.6
+    assert [(axis == a).sum().item() for a in range(3)] == [88, 20, 20]  # docs/model-dit.md, "MRoPE"
     assert set(torch.nonzero(axis == 1).flatten().tolist()) == set(range(1, 60, 3))
     assert set(torch.nonzero(axis == 2).flatten().tolist()) == set(range(2, 60, 3))
     tiny = mrope_axis_of_pair(16, (8, 4, 4))

@@ -1,4 +1,4 @@
-"""Latent constants and the (p, q, c) patchify, checked against the spec (Appendix A, §6.2)."""
+"""Latent constants and the (p, q, c) patchify, checked against docs/model-vae-text.md, "Latents"."""
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from ideogram_app.model.latents import (
     unpatchify,
 )
 
-# Typed in from /work/shared/docs/ideogram4-model.md, Appendix A (channel index: value).
+# The spot values of docs/model-vae-text.md, "Latents", typed in from the published tables (channel: value).
 SPEC_SHIFT = {0: 0.01984364, 14: 0.3758261, 32: 0.02583857, 64: 0.01924137, 96: 0.02578168, 127: -0.01760592}
 SPEC_SCALE = {0: 1.63933691, 35: 1.91310663, 67: 1.92784786, 99: 1.94067348, 121: 1.53075757, 127: 1.68533454}
 
@@ -45,7 +45,7 @@ def test_constants_repeat_with_period_32_as_the_pqc_order_predicts(values):
 
 
 def reference_patchify(z: torch.Tensor) -> torch.Tensor:
-    """Spec §6.2 spelled out element by element: token r*gw + s, channel (2p + q)*32 + c."""
+    """The patchify rule spelled out element by element: token r*gw + s, channel (2p + q)*32 + c."""
     b, c, h, w = z.shape
     gh, gw = h // 2, w // 2
     out = torch.empty(b, gh * gw, 128, dtype=z.dtype)

@@ -155,7 +155,7 @@ def test_prefixed_or_foreign_keys_are_rejected(repos, tmp_path):
 
 
 def test_default_text_config_is_qwen3_vl_8b():
-    # Used when text_encoder/config.json is absent; spec §1.1 / §5.5 sizes, built on meta.
+    # Used when text_encoder/config.json is absent; sizes from docs/model-vae-text.md, "Text features", built on meta.
     with torch.device("meta"):
         model = Qwen3VLTextModel(Qwen3VLTextConfig(**QWEN3_VL_8B_TEXT_CONFIG))
     assert round(sum(p.numel() for p in model.parameters()) / 1e9, 3) == 7.568

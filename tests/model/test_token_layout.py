@@ -1,4 +1,4 @@
-"""The packed sequence layout against the spec (§2.2): positions, roles, segments, left padding."""
+"""The packed sequence layout (docs/model-dit.md, "Packed sequence"): positions, roles, segments, left padding."""
 import pytest
 import torch
 

@@ -131,10 +131,10 @@ def test_tiled_decode_close_to_untiled_at_working_settings(ours):
 
 
 def test_default_config_is_the_released_flux2_vae_layout():
-    # Key/shape set of diffusers' default AutoencoderKLFlux2 (= FLUX.2-dev's VAE, spec §6.1), on meta.
+    # Key/shape set of diffusers' default AutoencoderKLFlux2 (= FLUX.2-dev's VAE, docs/model-vae-text.md, "VAE"), on meta.
     with torch.device("meta"):
         ours = Flux2VAE(Flux2VAEConfig())
         reference = AutoencoderKLFlux2()
     shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    assert round(sum(p.numel() for p in ours.parameters()) / 1e6) == 84  # spec §1.1: ≈84 M
+    assert round(sum(p.numel() for p in ours.parameters()) / 1e6) == 84  # ≈ 84 M (docs/model-vae-text.md, "VAE")
