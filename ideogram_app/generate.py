@@ -14,14 +14,18 @@ import torch
 from tqdm import tqdm
 
 from ideogram_app.caption import CaptionSyntaxError
+from ideogram_app.limits import DEFAULT_LIMITS, LimitError
+from ideogram_app.loading.conversion import FP8_MODES
 from ideogram_app.pipeline.hub import ModelSourceError
-from ideogram_app.pipeline.memory import FP8_MODES, MEMORY_MODES
 from ideogram_app.pipeline.metadata import save_png
+from ideogram_app.pipeline.placement import MEMORY_MODES
 from ideogram_app.pipeline.prompt import InvalidCaptionError, prepare_prompt
-from ideogram_app.pipeline.sampling import PRESETS, check_denoising_strength, resolve_sampler
-from ideogram_app.pipeline.sizes import SizeError, check_size, parse_size
+from ideogram_app.pipeline.sampling import PRESETS
+from ideogram_app.pipeline.settings import IMG2IMG_STRENGTH, GenerationSettings, SettingsError
+from ideogram_app.pipeline.sizes import SizeError, parse_size
 
 DTYPES = ("bfloat16", "float16", "float32")
+DEFAULT = GenerationSettings(seed=0)  # for the help texts: the one set of defaults
 
 
 class UsageError(Exception):
@@ -33,16 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="repo id (e.g. ideogram-ai/ideogram-4-fp8; ms://id for ModelScope) or local folder")
     p.add_argument("--caption", required=True, help="caption/prompt file (.json or .txt) or the prompt text itself")
     p.add_argument("--out", required=True, help="output PNG; with --num-images N > 1, OUT-0.png ... OUT-(N-1).png")
-    p.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT, multiples of 16 (default 1024x1024)")
-    p.add_argument("--preset", default="quality", choices=list(PRESETS), help="sampler preset (default quality: 48 steps)")
+    p.add_argument("--size", default=None, help=f"WIDTHxHEIGHT, multiples of 16 (default {DEFAULT.width}x{DEFAULT.height})")
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help=f"sampler preset (default {DEFAULT.preset}: {PRESETS[DEFAULT.preset].steps} steps)")
     p.add_argument("--steps", type=int, default=None, help="override the preset's step count (its guidance tail is kept)")
     p.add_argument("--cfg", type=float, default=None, help="constant guidance instead of the preset's schedule")
     p.add_argument("--mu", type=float, default=None)
     p.add_argument("--std", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None, help="random when omitted; image i uses seed + i")
-    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None, help="random when omitted or -1; image i uses seed + i")
+    p.add_argument("--num-images", type=int, default=None, help=f"default {DEFAULT.num_images}")
     p.add_argument("--input-image", default=None, help="img2img start image")
-    p.add_argument("--strength", type=float, default=None, help="img2img denoising strength in (0, 1]; default 0.7 with --input-image")
+    p.add_argument("--strength", type=float, default=None, help=f"img2img denoising strength in (0, 1]; default {IMG2IMG_STRENGTH} with --input-image")
     p.add_argument("--memory", default="full", choices=MEMORY_MODES, help="full | offload | cpu")
     p.add_argument("--device", default=None, help="compute device (default cuda if available, else cpu)")
     p.add_argument("--dtype", default="bfloat16", choices=DTYPES)
@@ -65,45 +70,43 @@ def read_caption(value: str):
     return value
 
 
-def check_arguments(args: argparse.Namespace) -> dict:
-    """Validate what needs no model; return the pipeline keyword arguments."""
-    try:
-        width, height = parse_size(args.size)
-        check_size(width, height)  # errors now; its warnings are logged by the pipeline later
-    except SizeError as err:
-        raise UsageError(f"--size: {err}") from None
-    try:
-        resolve_sampler(args.preset, args.steps, args.cfg, None, args.mu, args.std)
-    except ValueError as err:
-        raise UsageError(str(err).replace("num_inference_steps", "--steps")) from None
-    if args.num_images < 1:
-        raise UsageError(f"--num-images must be at least 1, got {args.num_images}")
-    if args.seed is not None and args.seed < 0:
-        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
-    strength = 1.0
-    if args.input_image is not None:
-        if not Path(args.input_image).is_file():
-            raise UsageError(f"--input-image {args.input_image} does not exist")
-        strength = 0.7 if args.strength is None else args.strength
-    elif args.strength is not None:
+# Which flag sets which GenerationSettings field, so its errors name the flag the user typed.
+FLAGS = {
+    "width": "--size", "height": "--size", "size": "--size", "preset": "--preset", "num_inference_steps": "--steps",
+    "cfg_scale": "--cfg", "mu": "--mu", "std": "--std", "seed": "--seed", "num_images": "--num-images",
+    "denoising_strength": "--strength", "input_image": "--input-image",
+}
+
+
+def check_arguments(args: argparse.Namespace) -> tuple[str, GenerationSettings]:
+    """Validate what needs no model; return the prompt and the settings."""
+    values = dict(
+        preset=args.preset, num_inference_steps=args.steps, cfg_scale=args.cfg, mu=args.mu, std=args.std,
+        seed=args.seed, num_images=args.num_images, denoising_strength=args.strength, input_image=args.input_image,
+    )
+    if args.size is not None:
+        try:
+            values["width"], values["height"] = parse_size(args.size)
+        except SizeError as err:
+            raise UsageError(f"--size: {err}") from None
+    if args.input_image is not None and not Path(args.input_image).is_file():
+        raise UsageError(f"--input-image {args.input_image} does not exist")
+    if args.strength is not None and args.input_image is None:
         raise UsageError("--strength needs --input-image")
     try:
-        check_denoising_strength(strength)
-    except ValueError:
-        raise UsageError(f"--strength must be in (0, 1] (1.0 = ignore the input image), got {strength}") from None
+        settings = GenerationSettings(**{name: value for name, value in values.items() if value is not None})
+    except SettingsError as err:
+        raise UsageError("; ".join(f"{FLAGS.get(field, field)}: {message}" for field, message in err.problems)) from None
     prompt = read_caption(args.caption)
     try:
+        DEFAULT_LIMITS.check_caption_chars(prompt)
         prepare_prompt(prompt)
-    except (CaptionSyntaxError, InvalidCaptionError) as err:
+    except (LimitError, CaptionSyntaxError, InvalidCaptionError) as err:
         raise UsageError(f"--caption: {err}") from None
     out = Path(args.out)
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {out.parent} does not exist")
-    return dict(
-        prompt=prompt, width=width, height=height, preset=args.preset, num_inference_steps=args.steps,
-        cfg_scale=args.cfg, mu=args.mu, std=args.std, seed=args.seed, num_images=args.num_images,
-        input_image=args.input_image, denoising_strength=strength,
-    )
+    return prompt, settings
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        kwargs = check_arguments(args)
+        prompt, settings = check_arguments(args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -130,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot load {args.model}: {err}", file=sys.stderr)
         return 1
     try:
-        request = pipe.prepare(**kwargs)
+        request = pipe.prepare(prompt, settings)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    with tqdm(total=request.sampler.steps, desc="denoising", unit="step") as bar:
+    with tqdm(total=request.settings.sampler.steps, desc="denoising", unit="step") as bar:
         result = pipe.run(request, callback=lambda step, total: bar.update(step - bar.n))
     images = result if isinstance(result, list) else [result]
-    for image, path, seed in zip(images, output_paths(Path(args.out), len(images)), request.seeds):
+    for image, path, seed in zip(images, output_paths(Path(args.out), len(images)), request.settings.seeds):
         save_png(image, path)
         print(f"saved {path} (seed {seed})")
     return 0

@@ -7,13 +7,15 @@ from importlib import import_module
 
 _EXPORTS = {
     "ModelSourceError": "hub", "resolve_model": "hub",
-    "MEMORY_MODES": "memory", "KNOWN_WEIGHTS": "memory", "MemoryEstimate": "memory", "MemoryPlan": "memory",
-    "estimate_memory": "memory", "weight_bytes_from_files": "memory",
+    "KNOWN_WEIGHTS": "estimate", "MemoryEstimate": "estimate", "estimate_memory": "estimate",
+    "weight_bytes_from_files": "estimate",
+    "MEMORY_MODES": "placement", "MemoryPlan": "placement",
     "NoImageMetadataError": "metadata", "read_image_metadata": "metadata", "save_png": "metadata",
     "ModelConfig": "model_config",
-    "GenerationCancelled": "pipeline", "GenerationRequest": "pipeline", "Ideogram4Pipeline": "pipeline",
+    "GenerationRequest": "pipeline", "Ideogram4Pipeline": "pipeline",
     "InvalidCaptionError": "prompt", "prepare_prompt": "prompt",
-    "PRESETS": "sampling", "resolve_sampler": "sampling", "schedule": "sampling",
+    "GenerationCancelled": "sampling", "PRESETS": "sampling", "denoise": "sampling", "schedule": "sampling",
+    "GenerationSettings": "settings", "SettingsError": "settings",
     "ASPECT_PRESETS": "sizes", "SizeError": "sizes", "check_size": "sizes",
 }
 __all__ = sorted(_EXPORTS)

@@ -7,6 +7,8 @@ One iTXt chunk (UTF-8, so captions keep their non-ASCII text) named `ideogram4` 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from PIL import Image
@@ -31,12 +33,26 @@ def attach_metadata(image: Image.Image, record: dict) -> Image.Image:
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write `image` as PNG with its attached metadata (if any) in an iTXt chunk."""
+    """Write `image` as PNG with its attached metadata (if any) in an iTXt chunk.
+
+    The bytes go to a hidden temporary name in the same folder, are flushed to disk, and only then
+    renamed onto `path` (atomic on one file system): a process killed mid-write leaves no truncated
+    PNG under the final name, only a `.*.tmp` file that no listing picks up.
+    """
     path = Path(path)
     info = PngInfo()
     if METADATA_KEY in image.info:
         info.add_itxt(METADATA_KEY, image.info[METADATA_KEY])
-    image.save(path, format="PNG", pnginfo=info)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            image.save(file, format="PNG", pnginfo=info)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ideogram_app.model.safetensors_io import read_headers, resolve_safetensors
+from ideogram_app.loading.safetensors_io import read_headers, resolve_safetensors
 from ideogram_app.pipeline.hub import ModelSourceError, resolve_model
 
 WEIGHT_ROLES = ("transformer", "unconditional_transformer", "text_encoder", "vae")

@@ -1,102 +1,61 @@
-"""`Ideogram4Pipeline`: prompt (caption or text) -> image(s), with the official sampler.
+"""`Ideogram4Pipeline`: prompt (caption or text) -> image(s), composed from plain functions.
 
-Flow (spec §7.5): validate everything (sizes, strength, sampler settings, caption, token count) before
-any model runs -> encode the prompt once -> project the text rows once (`project_text`) and build both
-token layouts once -> for each step, conditional DiT on `[text][image]`, unconditional DiT on the
-image-only sequence (skipped when g = 1), guided velocity, Euler in t -> de-normalise, unpatchify,
-VAE decode. Memory placement is delegated to a `MemoryPlan`.
+Read top-down, a generation is:
+1. `prepare`: `GenerationSettings` checks every setting (settings.py); the prompt is canonicalised and
+   its tokens counted (prompt.py); the img2img image is decoded under the limits (images.py). Nothing
+   has touched a model yet, so every user error surfaces here.
+2. `run`: text features (cached per prompt) -> `prepare_conditioning` (conditioning.py) -> seeded noise,
+   mixed with the encoded input image for img2img -> `denoise` (sampling.py) over the guided velocity
+   of the two DiTs (velocity.py) -> `decode_tokens` -> PNG metadata (metadata.py).
+Where each module computes is the `MemoryPlan`'s business (placement.py).
 """
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Literal
 
 import torch
 from PIL import Image
 
 from ideogram_app.caption import Caption
-from ideogram_app.model.dit_loading import load_transformer
-from ideogram_app.model.latents import TOKEN_CHANNELS, denormalize_latents, normalize_latents, patchify, unpatchify
+from ideogram_app.limits import DEFAULT_LIMITS, Limits
+from ideogram_app.loading.conversion import FP8_MODES
+from ideogram_app.loading.dit import load_transformer
+from ideogram_app.loading.text_encoder import load_text_encoder
+from ideogram_app.loading.vae import load_vae
 from ideogram_app.model.prompt_tokenizer import PromptTokenizer, check_token_count
-from ideogram_app.model.text_encoder import load_text_encoder
-from ideogram_app.model.token_layout import build_token_layout
-from ideogram_app.model.vae_loading import load_vae
-from ideogram_app.pipeline.memory import FP8_MODES, MemoryPlan, choose_fp8, component_weight_bytes
+from ideogram_app.pipeline.conditioning import decode_tokens, encode_image, encode_text, initial_noise, noised_start, prepare_conditioning
+from ideogram_app.pipeline.estimate import choose_fp8, component_weight_bytes
+from ideogram_app.pipeline.images import fit_image, image_to_tensor, open_image, tensor_to_images
 from ideogram_app.pipeline.metadata import attach_metadata, make_record
-from ideogram_app.pipeline.model_config import (
-    ComponentPaths,
-    ModelConfig,
-    components_from_configs,
-    components_from_model,
-)
+from ideogram_app.pipeline.model_config import ComponentPaths, ModelConfig, components_from_configs, components_from_model
+from ideogram_app.pipeline.placement import MemoryPlan
 from ideogram_app.pipeline.prompt import PreparedPrompt, prepare_prompt
-from ideogram_app.pipeline.sampling import (
-    SamplerSettings,
-    check_denoising_strength,
-    euler_step,
-    guided_velocity,
-    resolve_sampler,
-    schedule,
-)
-from ideogram_app.pipeline.sizes import check_size
+from ideogram_app.pipeline.sampling import GenerationCancelled, denoise
+from ideogram_app.pipeline.settings import GenerationSettings
+from ideogram_app.pipeline.velocity import dit_pair_velocity
 
 log = logging.getLogger(__name__)
 _warned_negative_prompt = False
+SETTING_NAMES = tuple(f.name for f in fields(GenerationSettings) if f.init and f.name != "limits")
 
-
-class GenerationCancelled(RuntimeError):
-    """The stop event was set; raised between denoising steps."""
+__all__ = ["GenerationCancelled", "GenerationRequest", "Ideogram4Pipeline"]
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     """A fully validated run: everything the models need, nothing that still can fail on user input."""
 
+    settings: GenerationSettings
     prompt: PreparedPrompt
     num_text_tokens: int
-    width: int
-    height: int
-    seeds: list[int]
-    sampler: SamplerSettings
-    times: list[float]
-    denoising_strength: float
-    input_image: Image.Image | None
+    input_image: Image.Image | None  # decoded and fitted to the size; None for text-to-image
     rand_device: torch.device
     warnings: tuple[str, ...] = ()  # unusual but valid choices (size, caption style), for the UI to show
-
-
-def load_input_image(image: Image.Image | str | os.PathLike, width: int, height: int) -> Image.Image:
-    """RGB image scaled to cover width x height, then centre-cropped to exactly that size."""
-    if not isinstance(image, Image.Image):
-        try:
-            image = Image.open(image)
-            image.load()
-        except FileNotFoundError:
-            raise ValueError(f"input_image {os.fspath(image)} does not exist") from None
-        except OSError as err:
-            raise ValueError(f"input_image {os.fspath(image)} is not an image Pillow can read ({err})") from None
-    image = image.convert("RGB")
-    scale = max(width / image.width, height / image.height)
-    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.LANCZOS)
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    return resized.crop((left, top, left + width, top + height))
-
-
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> (1, 3, H, W) float32 in [-1, 1]."""
-    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(image.height, image.width, 3)
-    return data.permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
-
-
-def tensor_to_images(pixels: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> PIL RGB images."""
-    data = ((pixels.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
-    return [Image.fromarray(row.numpy(), "RGB") for row in data]
 
 
 class Ideogram4Pipeline:
@@ -109,6 +68,7 @@ class Ideogram4Pipeline:
         unconditional_transformer: torch.nn.Module | None = None,
         memory: MemoryPlan | None = None,
         model_name: str = "",
+        limits: Limits = DEFAULT_LIMITS,
     ):
         self.transformer = transformer
         self.unconditional_transformer = unconditional_transformer
@@ -117,6 +77,7 @@ class Ideogram4Pipeline:
         self.vae = vae
         self.memory = memory or MemoryPlan.create("cpu")
         self.model_name = model_name
+        self.limits = limits
         self._encoded: tuple[str, torch.Tensor] | None = None  # last prompt and its features (on the CPU)
 
     # ----- loading -------------------------------------------------------------------------------
@@ -196,71 +157,49 @@ class Ideogram4Pipeline:
     def prepare(
         self,
         prompt: str | dict | Caption,
+        settings: GenerationSettings | None = None,
+        *,
         negative_prompt: str = "",
-        cfg_scale: float | None = None,
-        input_image: Image.Image | str | os.PathLike | None = None,
-        denoising_strength: float = 1.0,
-        height: int = 1024,
-        width: int = 1024,
-        seed: int | None = None,
         rand_device: str | torch.device = "cpu",
-        num_inference_steps: int | None = None,
-        preset: str = "quality",
-        guidance_schedule: list[float] | None = None,
-        mu: float | None = None,
-        std: float | None = None,
-        num_images: int = 1,
+        **values,
     ) -> GenerationRequest:
-        """Check every argument and return the run it describes; raises before any model work."""
-        global _warned_negative_prompt
-        if negative_prompt and not _warned_negative_prompt:
-            _warned_negative_prompt = True
-            warnings.warn(
-                "negative_prompt is ignored: Ideogram 4 has no negative prompt (its unconditional model never "
-                "sees text); it is accepted only for DiffSynth compatibility",
-                stacklevel=3,
-            )
-        notes = check_size(width, height)
-        for message in notes:
-            log.warning("%s", message)
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
-        denoising_strength = check_denoising_strength(denoising_strength)
-        if denoising_strength < 1.0 and input_image is None:
-            raise ValueError(f"denoising_strength {denoising_strength} needs an input_image to start from")
-        if seed is None:
-            seed = secrets.randbelow(2**31)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1 - num_images:
-            raise ValueError(f"seed must be a non-negative integer below 2**63 - num_images, got {seed!r}")
+        """Check everything and return the run it describes; raises before any model work.
+
+        Pass a `GenerationSettings`, or its fields as keywords (width, height, preset,
+        num_inference_steps, cfg_scale, guidance_schedule, mu, std, seed, num_images,
+        denoising_strength, input_image); keywords override the fields of `settings`.
+        """
+        unknown = sorted(set(values) - set(SETTING_NAMES))
+        if unknown:
+            raise TypeError(f"unknown generation setting(s) {', '.join(unknown)}; the settings are {', '.join(SETTING_NAMES)}")
+        if settings is None:
+            settings = GenerationSettings(limits=self.limits, **values)
+        elif values:
+            settings = settings.with_changes(**values)
+        _warn_negative_prompt(negative_prompt)
         try:
             rand_device = torch.device(rand_device)
         except (RuntimeError, TypeError):
             raise ValueError(f"rand_device {rand_device!r} is not a torch device name like 'cpu' or 'cuda'") from None
         if rand_device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("rand_device 'cuda' needs a CUDA GPU; use rand_device='cpu'")
-        sampler = resolve_sampler(preset, num_inference_steps, cfg_scale, guidance_schedule, mu, std)
+        for message in settings.warnings:
+            log.warning("%s", message)
         image = None
-        if input_image is not None:
-            if denoising_strength == 1.0:
-                warnings.warn("input_image is ignored at denoising_strength=1.0 (pure text-to-image)", stacklevel=3)
-            else:
-                image = load_input_image(input_image, width, height)
+        if settings.img2img:
+            image = fit_image(open_image(settings.input_image, settings.limits), settings.width, settings.height)
+        if isinstance(prompt, str):
+            settings.limits.check_caption_chars(prompt)
         prepared = prepare_prompt(prompt)
         num_tokens = self.tokenizer.count(prepared.text)
         check_token_count(num_tokens)
-        times = schedule(sampler.steps, height, width, sampler.mu, sampler.std, denoising_strength)
         return GenerationRequest(
+            settings=settings,
             prompt=prepared,
             num_text_tokens=num_tokens,
-            width=width,
-            height=height,
-            seeds=[seed + i for i in range(num_images)],
-            sampler=sampler,
-            times=times,
-            denoising_strength=denoising_strength,
             input_image=image,
             rand_device=rand_device,
-            warnings=tuple(notes) + tuple(str(issue) for issue in prepared.warnings),
+            warnings=settings.warnings + tuple(str(issue) for issue in prepared.warnings),
         )
 
     # ----- generation ------------------------------------------------------------------------------
@@ -268,31 +207,22 @@ class Ideogram4Pipeline:
         self,
         prompt: str | dict | Caption,
         negative_prompt: str = "",
-        cfg_scale: float | None = None,
-        input_image: Image.Image | str | os.PathLike | None = None,
-        denoising_strength: float = 1.0,
-        height: int = 1024,
-        width: int = 1024,
-        seed: int | None = None,
+        *,
+        settings: GenerationSettings | None = None,
         rand_device: str | torch.device = "cpu",
-        num_inference_steps: int | None = None,
-        preset: str = "quality",
-        guidance_schedule: list[float] | None = None,
-        mu: float | None = None,
-        std: float | None = None,
-        num_images: int = 1,
         callback: Callable[[int, int], None] | None = None,
         stop_event: threading.Event | None = None,
         output_type: Literal["pil", "latent"] = "pil",
+        **values,
     ):
-        """Generate. Returns one PIL image (num_images=1) or a list, each carrying its metadata in
-        `image.info` (see metadata.py); `output_type="latent"` returns the final normalised latent
-        tokens (B, N_img, 128) instead. `callback(step, total)` runs after every step; a set
-        `stop_event` raises GenerationCancelled before the next one."""
-        request = self.prepare(
-            prompt, negative_prompt, cfg_scale, input_image, denoising_strength, height, width, seed,
-            rand_device, num_inference_steps, preset, guidance_schedule, mu, std, num_images,
-        )
+        """Generate. Settings as in `prepare` (DiffSynth's keyword names: cfg_scale, input_image,
+        denoising_strength, height, width, seed, rand_device, num_inference_steps).
+
+        Returns one PIL image (num_images=1) or a list, each carrying its metadata in `image.info`
+        (see metadata.py); `output_type="latent"` returns the final normalised latent tokens
+        (B, N_img, 128) instead. `callback(step, total)` runs after every step; a set `stop_event`
+        raises GenerationCancelled before the next one."""
+        request = self.prepare(prompt, settings, negative_prompt=negative_prompt, rand_device=rand_device, **values)
         return self.run(request, callback=callback, stop_event=stop_event, output_type=output_type)
 
     @torch.inference_mode()
@@ -306,95 +236,62 @@ class Ideogram4Pipeline:
         """Execute a validated request (see `prepare`)."""
         if output_type not in ("pil", "latent"):
             raise ValueError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
-        device = self.memory.device
-        batch = len(request.seeds)
-        grid_h, grid_w = request.height // 16, request.width // 16
-        n_text = request.num_text_tokens
-
+        settings = request.settings
+        grid_h, grid_w = settings.height // 16, settings.width // 16
         features = self.encode_prompt(request.prompt.text)
-        if features.shape[1] != n_text:
-            raise RuntimeError(f"text encoder returned {features.shape[1]} tokens, the tokenizer counted {n_text}")
-
-        # Step-independent work, done once: layouts, their RoPE tables and masks, projected text rows,
-        # timestep tensors, and the conditional input whose text rows stay zero.
+        if features.shape[1] != request.num_text_tokens:
+            raise RuntimeError(
+                f"text encoder returned {features.shape[1]} tokens, the tokenizer counted {request.num_text_tokens}"
+            )
         unconditional = self.unconditional_transformer or self.transformer
-        cond_layout = [x.to(device) for x in build_token_layout(n_text, grid_h, grid_w, batch)]
-        uncond_layout = [x.to(device) for x in build_token_layout(0, grid_h, grid_w, batch)]
-        cond_positions = self.transformer.prepare_positions(cond_layout[0], cond_layout[1])
-        uncond_positions = unconditional.prepare_positions(uncond_layout[0], uncond_layout[1])
-        with self.memory.running(self.transformer):
-            text_hidden = self.transformer.project_text(features.to(device), cond_layout[2][:1, :n_text])
-        text_hidden = text_hidden.expand(batch, -1, -1)
-        t_batches = torch.tensor(request.times, dtype=torch.float32, device=device)[:, None].expand(-1, batch)
-
-        z = self._initial_latents(request, grid_h, grid_w).to(device)
-        cond_input = torch.zeros(batch, n_text + z.shape[1], TOKEN_CHANNELS, device=device)
-        times, guidance = request.times, request.sampler.guidance
-        for step in range(request.sampler.steps):
-            if stop_event is not None and stop_event.is_set():
-                raise GenerationCancelled(f"generation stopped after {step} of {request.sampler.steps} steps")
-            t, t_next, g = times[step], times[step + 1], guidance[step]
-            cond_input[:, n_text:] = z
-            with self.memory.running(self.transformer):
-                out = self.transformer(
-                    cond_input, t_batches[step], None, *cond_layout, text_hidden=text_hidden, positions=cond_positions
-                )
-            v_cond = out[:, n_text:]
-            v_uncond = None
-            if g != 1.0:
-                with self.memory.running(unconditional):
-                    v_uncond = unconditional(z, t_batches[step], None, *uncond_layout, positions=uncond_positions)
-            z = euler_step(z, guided_velocity(v_cond, v_uncond, g), t, t_next)
-            if callback is not None:
-                callback(step + 1, request.sampler.steps)
+        conditioning = prepare_conditioning(
+            self.transformer, unconditional, features, grid_h, grid_w, settings.num_images, self.memory
+        )
+        times = settings.times
+        z = initial_noise(settings.seeds, grid_h, grid_w, request.rand_device)
+        if request.input_image is not None:
+            clean = encode_image(self.vae, image_to_tensor(request.input_image), self.memory)
+            z = noised_start(clean, z, times[0])
+        velocity = dit_pair_velocity(self.transformer, unconditional, conditioning, self.memory)
+        z = denoise(velocity, z.to(self.memory.device), times, settings.sampler.guidance, callback, stop_event)
         if stop_event is not None and stop_event.is_set():
             raise GenerationCancelled("generation stopped before decoding")
         if output_type == "latent":
             return z
-        with self.memory.running(self.vae):
-            latent = unpatchify(denormalize_latents(z), grid_h, grid_w)
-            pixels = self.vae.decode(latent.to(self.vae.dtype))
+        pixels = decode_tokens(self.vae, z, grid_h, grid_w, self.memory)
         images = [attach_metadata(image, self._record(request, i)) for i, image in enumerate(tensor_to_images(pixels))]
-        return images[0] if batch == 1 else images
+        return images[0] if len(images) == 1 else images
 
     def encode_prompt(self, text: str) -> torch.Tensor:
         """Text features (1, N, F) fp32; the encoder runs once per distinct prompt (last one cached)."""
         if self._encoded is None or self._encoded[0] != text:
-            with self.memory.running(self.text_encoder):
-                features = self.text_encoder.encode(text).float().cpu()
-            self._encoded = (text, features)
+            self._encoded = (text, encode_text(self.text_encoder, text, self.memory))
         return self._encoded[1]
 
-    def _initial_latents(self, request: GenerationRequest, grid_h: int, grid_w: int) -> torch.Tensor:
-        """Seeded noise per image (seed, seed+1, ...), mixed with the encoded input image for img2img."""
-        noise = torch.cat([
-            torch.randn(
-                (1, grid_h * grid_w, TOKEN_CHANNELS), dtype=torch.float32, device=request.rand_device,
-                generator=torch.Generator(request.rand_device).manual_seed(seed),
-            )
-            for seed in request.seeds
-        ])
-        if request.input_image is None:
-            return noise
-        with self.memory.running(self.vae):
-            pixels = image_to_tensor(request.input_image).to(self.memory.device)
-            clean = normalize_latents(patchify(self.vae.encode(pixels.to(self.vae.dtype)).float()))
-        t0 = request.times[0]  # = 1 - sigma0: the input is noised to the start level of the schedule
-        return t0 * clean.to(noise.device) + (1.0 - t0) * noise
-
     def _record(self, request: GenerationRequest, index: int) -> dict:
-        s = request.sampler
-        settings = {
+        settings, sampler = request.settings, request.settings.sampler
+        return make_record(request.prompt.text, request.prompt.kind, {
             "model": self.model_name,
-            "preset": s.preset,
-            "steps": s.steps,
-            "guidance": list(s.guidance),
-            "mu": s.mu,
-            "std": s.std,
-            "width": request.width,
-            "height": request.height,
-            "seed": request.seeds[index],
-            "denoising_strength": request.denoising_strength,
+            "preset": sampler.preset,
+            "steps": sampler.steps,
+            "guidance": list(sampler.guidance),
+            "mu": sampler.mu,
+            "std": sampler.std,
+            "width": settings.width,
+            "height": settings.height,
+            "seed": settings.seeds[index],
+            "denoising_strength": settings.denoising_strength,
             "img2img": request.input_image is not None,
-        }
-        return make_record(request.prompt.text, request.prompt.kind, settings)
+        })
+
+
+def _warn_negative_prompt(negative_prompt: str) -> None:
+    """Once per process: DiffSynth code passes negative_prompt out of habit."""
+    global _warned_negative_prompt
+    if negative_prompt and not _warned_negative_prompt:
+        _warned_negative_prompt = True
+        warnings.warn(
+            "negative_prompt is ignored: Ideogram 4 has no negative prompt (its unconditional model never "
+            "sees text); it is accepted only for DiffSynth compatibility",
+            stacklevel=4,
+        )

@@ -1,4 +1,4 @@
-"""Image size rules (spec §1.1): multiples of 16, 256-2048 per side recommended, aspect up to 6:1."""
+"""Image size rules (docs/pipeline.md, "Sizes"): multiples of 16, 256-2048 per side recommended, aspect up to 6:1."""
 from __future__ import annotations
 
 import math
@@ -21,14 +21,14 @@ def nearest_valid(value: int) -> tuple[int, ...]:
 
 
 def check_size(width: int, height: int) -> list[str]:
-    """Raise SizeError for sizes the model cannot produce; return warnings for unusual ones."""
+    """Raise SizeError for sides the model cannot produce; return warnings for unusual ones.
+
+    Whole numbers and the allowed range are checked first by `GenerationSettings` and `Limits`;
+    this is the geometric rule (VAE 8x times patch 2x) and the model's comfort zone.
+    """
     problems = []
     for name, value in (("width", width), ("height", height)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{name} must be an integer number of pixels, got {value!r}")
-        elif value < MULTIPLE:
-            problems.append(f"{name} {value} is too small; the smallest size is {MULTIPLE}")
-        elif value % MULTIPLE:
+        if value % MULTIPLE:
             options = " and ".join(str(v) for v in nearest_valid(value))
             problems.append(
                 f"{name} {value} is not a multiple of {MULTIPLE}; the nearest valid {name}s are {options}"

@@ -28,7 +28,7 @@ def test_cli_generates_images_and_shows_progress(tiny_repos, caption_file, tmp_p
     out = tmp_path / "result.png"
     proc = subprocess.run(
         [sys.executable, "-m", "ideogram_app.generate", "--model", str(tiny_repos["fp8"]), "--caption", str(caption_file),
-         "--out", str(out), "--size", "64x48", "--preset", "turbo", "--steps", "3", "--seed", "7",
+         "--out", str(out), "--size", "80x64", "--preset", "turbo", "--steps", "3", "--seed", "7",
          "--num-images", "2", "--memory", "cpu", "--dtype", "float32"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -37,7 +37,7 @@ def test_cli_generates_images_and_shows_progress(tiny_repos, caption_file, tmp_p
     paths = [tmp_path / "result-0.png", tmp_path / "result-1.png"]
     assert proc.stdout.splitlines() == [f"saved {paths[0]} (seed 7)", f"saved {paths[1]} (seed 8)"]
     for path, seed in zip(paths, (7, 8)):
-        assert Image.open(path).size == (64, 48)
+        assert Image.open(path).size == (80, 64)
         settings = read_image_metadata(path)["settings"]
         assert (settings["seed"], settings["steps"], settings["preset"]) == (seed, 3, "turbo")
 
@@ -59,13 +59,15 @@ def test_cli_rejects_a_bad_size_without_loading_anything(tmp_path):
     "extra,message",
     [
         (["--size", "64"], "--size: size '64' is not of the form WIDTHxHEIGHT"),
-        (["--steps", "0"], "--steps must be a positive integer, got 0"),
-        (["--cfg", "3", "--std", "-1"], "std must be a positive number"),
-        (["--num-images", "0"], "--num-images must be at least 1, got 0"),
-        (["--seed", "-4"], "--seed must be a non-negative integer, got -4"),
+        (["--steps", "0"], "--steps: num_inference_steps must be a positive integer, got 0"),
+        (["--steps", "500"], "--steps: 500 denoising steps asked for; choose 1 to 200"),
+        (["--size", "100000x100000"], "--size: width 100000 is outside the allowed 64-2048 pixels"),
+        (["--cfg", "3", "--std", "-1"], "--std: std must be a positive number"),
+        (["--num-images", "0"], "--num-images: num_images is 0; choose 1 to 8"),
+        (["--seed", "-4"], "--seed: seed -4 is outside 0..4294967295; use -1 for a random seed"),
         (["--strength", "0.5"], "--strength needs --input-image"),
         (["--input-image", "/missing.png"], "--input-image /missing.png does not exist"),
-        (["--input-image", "{caption}", "--strength", "1.5"], r"--strength must be in (0, 1]"),
+        (["--input-image", "{caption}", "--strength", "1.5"], "--strength: denoising_strength must be in (0, 1]"),
         (["--caption", "/missing/caption.json"], "caption file /missing/caption.json does not exist"),
         (["--caption", '{"high_level_description": "x",'], "--caption: invalid JSON at line 1"),
         (["--caption", '{"compositional_deconstruction": {"elements": []}}'], "--caption: the caption has 1 error(s)"),
@@ -89,6 +91,16 @@ def test_cli_unknown_model_exits_1(tmp_path, capsys):
 
 def test_cli_too_long_prompt_is_caught_after_the_tokenizer_loads(tiny_repos, tmp_path, capsys):
     argv = ["--model", str(tiny_repos["bf16"]), "--caption", "word " * 3000, "--out", str(tmp_path / "o.png"),
-            "--memory", "cpu", "--size", "64x48"]
+            "--memory", "cpu", "--size", "80x64"]
     assert main(argv) == 2
     assert "Ideogram 4 accepts at most 2048" in capsys.readouterr().err
+
+
+def test_cli_defaults_are_the_settings_defaults():
+    """No second set of defaults: an argument left out is a field left to GenerationSettings."""
+    from ideogram_app.generate import build_parser, check_arguments
+    from ideogram_app.pipeline.settings import GenerationSettings
+
+    args = build_parser().parse_args(["--model", "m", "--caption", "a cat", "--out", "o.png", "--seed", "3"])
+    prompt, settings = check_arguments(args)
+    assert prompt == "a cat" and settings == GenerationSettings(seed=3)

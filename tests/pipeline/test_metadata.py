@@ -59,3 +59,34 @@ def test_images_without_metadata_have_precise_errors(tmp_path):
     broken.info["ideogram4"] = "{oops"
     with pytest.raises(NoImageMetadataError, match="damaged"):
         read_image_metadata(broken)
+
+
+def test_a_write_killed_midway_leaves_no_broken_png(tmp_path):
+    """A writer that saves large PNGs in a loop is killed with SIGKILL mid-write: every *.png it left
+    opens and decodes completely (the partial bytes sit in a hidden .tmp file, never under the name)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    writer = (
+        "import sys, numpy as np; from PIL import Image; from ideogram_app.pipeline.metadata import save_png\n"
+        "noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8))\n"
+        "i = 0\n"
+        "while True:\n"
+        "    save_png(noise, f'{sys.argv[1]}/ideogram-{i}.png'); i += 1\n"
+        "    print(i, flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "1"  # one complete file exists, the next is being written
+        time.sleep(0.15)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert pngs, "the writer saved nothing"
+    for path in pngs:
+        with Image.open(path) as image:
+            image.load()
+            assert image.size == (1500, 1500)

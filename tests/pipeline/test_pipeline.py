@@ -9,14 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
+from ideogram_app.limits import LimitError, Limits
 from ideogram_app.model.latents import denormalize_latents, normalize_latents, patchify, unpatchify
 from ideogram_app.model.prompt_tokenizer import PromptTooLongError
 from ideogram_app.pipeline import pipeline as pipeline_module
+from ideogram_app.pipeline.images import fit_image, open_image
 from ideogram_app.pipeline.metadata import read_image_metadata, save_png
 from ideogram_app.pipeline.model_config import ModelConfig
-from ideogram_app.pipeline.pipeline import GenerationCancelled, Ideogram4Pipeline
+from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
 from ideogram_app.pipeline.prompt import InvalidCaptionError
-from ideogram_app.pipeline.sizes import SizeError
+from ideogram_app.pipeline.sampling import GenerationCancelled
+from ideogram_app.pipeline.settings import SettingsError
 
 CAPTION = {
     "high_level_description": "A poster with a red title",
@@ -26,7 +29,7 @@ CAPTION = {
     },
 }
 CANONICAL = json.dumps(CAPTION, separators=(",", ":"))
-FAST = dict(width=64, height=48, preset="turbo")
+FAST = dict(width=80, height=64, preset="turbo")  # the smallest sizes the limits allow: 5x4 tokens
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def test_generation_in_every_layout_is_sized_seeded_and_deterministic(pipes):
         first = pipe(CAPTION, seed=11, **FAST)
         again = pipe(CAPTION, seed=11, **FAST)
         other = pipe(CAPTION, seed=12, **FAST)
-        assert first.size == (64, 48), layout
+        assert first.size == (80, 64), layout
         assert first.tobytes() == again.tobytes(), layout
         assert (pixels(first) - pixels(other)).abs().mean() > 1.0, layout
 
@@ -58,7 +61,7 @@ def test_images_carry_caption_and_settings_through_png(pipes, tmp_path):
     assert record["prompt"] == CANONICAL and record["prompt_kind"] == "caption"
     s = record["settings"]
     assert s["preset"] == "turbo" and s["steps"] == 3 and s["guidance"] == [7.0, 7.0, 3.0]
-    assert (s["width"], s["height"], s["seed"], s["denoising_strength"]) == (64, 48, 5, 1.0)
+    assert (s["width"], s["height"], s["seed"], s["denoising_strength"]) == (80, 64, 5, 1.0)
     assert (s["mu"], s["std"]) == (0.5, 1.75) and s["model"].endswith("repo_fp80")
 
 
@@ -81,9 +84,9 @@ def hand_written_positions(n_text: int, gh: int, gw: int) -> torch.Tensor:
 
 def test_one_denoising_step_equals_the_formula(pipes):
     """Reference: both DiTs called on hand-built inputs (full-width text features, no hoisting), the
-    spec's guidance mixing and Euler step in t, with t from the spec formula."""
+    guidance mixing and Euler step in t of docs/pipeline.md, "Sampler", with t from its formula."""
     pipe = pipes["bf16"]
-    g, seed, mu, std, width, height = 5.0, 4, 0.3, 1.2, 64, 32
+    g, seed, mu, std, width, height = 5.0, 4, 0.3, 1.2, 64, 96
     z_pipe = pipe(CAPTION, seed=seed, guidance_schedule=[g], mu=mu, std=std, width=width, height=height,
                   output_type="latent")
     image = pipe(CAPTION, seed=seed, guidance_schedule=[g], mu=mu, std=std, width=width, height=height)
@@ -141,19 +144,19 @@ def test_text_is_exactly_the_prompt_tokens_and_encoded_once(pipes):
         del pipe.text_encoder.encode
         h1.remove(), h2.remove()
     assert encodes == [CANONICAL]  # once for both calls with the same prompt
-    assert cond[0] == (2, n_tokens + 12, 128)  # no padding: text tokens + 4x3 image tokens
-    assert uncond[0] == (2, 12, 128)  # image tokens only
+    assert cond[0] == (2, n_tokens + 20, 128)  # no padding: text tokens + 5x4 image tokens
+    assert uncond[0] == (2, 20, 128)  # image tokens only
     assert len(cond) == 4 and len(uncond) == 3  # the g = 1 step skips the unconditional model
 
 
 def test_img2img_strength_controls_distance_to_the_input(pipes, tmp_path):
     pipe = pipes["bf16"]
-    ramp = torch.linspace(0, 255, 64).repeat(48, 1)
+    ramp = torch.linspace(0, 255, 80).repeat(64, 1)
     source = Image.fromarray(torch.stack([ramp, ramp.flip(1), 255 - ramp], -1).to(torch.uint8).numpy(), "RGB")
     source.save(tmp_path / "in.png")
     with torch.no_grad():
         target = normalize_latents(patchify(pipe.vae.encode(
-            torch.frombuffer(bytearray(source.tobytes()), dtype=torch.uint8).reshape(48, 64, 3)
+            torch.frombuffer(bytearray(source.tobytes()), dtype=torch.uint8).reshape(64, 80, 3)
             .permute(2, 0, 1)[None].float() / 127.5 - 1)))
     distances = {}
     for strength in (0.3, 0.9):
@@ -164,7 +167,7 @@ def test_img2img_strength_controls_distance_to_the_input(pipes, tmp_path):
     assert distances[0.3] < distances[0.9]
     image = pipe("a gradient", input_image=source.resize((200, 100)), denoising_strength=0.5, seed=3,
                  num_inference_steps=2, **FAST)
-    assert image.size == (64, 48) and read_image_metadata(image)["settings"]["img2img"] is True
+    assert image.size == (80, 64) and read_image_metadata(image)["settings"]["img2img"] is True
 
 
 def test_stop_event_cancels_between_steps(pipes):
@@ -186,22 +189,27 @@ def test_missing_unconditional_transformer_warns_and_uses_the_conditional_one(ti
     calls, handle = count_calls(pipe.transformer)
     image = pipe("a cat", seed=1, num_inference_steps=2, **FAST)
     handle.remove()
-    assert image.size == (64, 48)
-    assert [c[1] for c in calls] == [calls[0][1], 12, calls[0][1], 12]  # cond then image-only, twice
+    assert image.size == (80, 64)
+    assert [c[1] for c in calls] == [calls[0][1], 20, calls[0][1], 20]  # cond then image-only, twice
 
 
 @pytest.mark.parametrize(
     "kwargs,error,message",
     [
-        (dict(width=1000), SizeError, "width 1000 is not a multiple of 16; the nearest valid widths are 992 and 1008"),
-        (dict(denoising_strength=0.0), ValueError, r"denoising_strength must be in \(0, 1\]"),
-        (dict(denoising_strength=1.5), ValueError, r"denoising_strength must be in \(0, 1\]"),
-        (dict(denoising_strength=0.5), ValueError, "denoising_strength 0.5 needs an input_image"),
+        (dict(width=1000), SettingsError, "width 1000 is not a multiple of 16; the nearest valid widths are 992 and 1008"),
+        (dict(width=100000, height=100000), SettingsError, "width 100000 is outside the allowed 64-2048 pixels"),
+        (dict(width=float("nan")), SettingsError, "width must be a whole number, got nan"),
+        (dict(denoising_strength=0.0), SettingsError, r"denoising_strength must be in \(0, 1\]"),
+        (dict(denoising_strength=1.5), SettingsError, r"denoising_strength must be in \(0, 1\]"),
+        (dict(denoising_strength=0.5), SettingsError, "denoising_strength 0.5 needs an input_image"),
         (dict(input_image="/nonexistent.png", denoising_strength=0.5), ValueError, "input_image /nonexistent.png does not exist"),
-        (dict(num_images=0), ValueError, "num_images must be a positive integer, got 0"),
-        (dict(seed=-1), ValueError, "seed must be a non-negative integer"),
-        (dict(preset="ultra"), ValueError, "preset 'ultra' is unknown"),
-        (dict(num_inference_steps=5, guidance_schedule=[7.0]), ValueError, "has 1 entries but num_inference_steps is 5"),
+        (dict(num_images=0), SettingsError, "num_images is 0; choose 1 to 8"),
+        (dict(seed=-2), SettingsError, "seed -2 is outside 0..4294967295; use -1 for a random seed"),
+        (dict(num_inference_steps=1000), SettingsError, "1000 denoising steps asked for; choose 1 to 200"),
+        (dict(prompt="x" * 100_001), LimitError, "the caption is 100,001 characters long; at most 100,000"),
+        (dict(sharpness=2), TypeError, "unknown generation setting"),
+        (dict(preset="ultra"), SettingsError, "preset 'ultra' is unknown"),
+        (dict(num_inference_steps=5, guidance_schedule=[7.0]), SettingsError, "has 1 entries but num_inference_steps is 5"),
         (dict(prompt={"compositional_deconstruction": {"elements": []}, "extra": 1}), InvalidCaptionError, "the caption has 2 error"),
         (dict(prompt='{"high_level_description": "x",'), ValueError, "invalid JSON at line 1"),
         (dict(prompt="word " * 3000), PromptTooLongError, "Ideogram 4 accepts at most 2048"),
@@ -272,21 +280,31 @@ def test_bf16_repackage_borrows_the_fp8_tokenizer(tiny_repos, tmp_path, monkeypa
     with pytest.warns(UserWarning, match="ships no tokenizer; using the one of ideogram-ai/ideogram-4-fp8"):
         pipe = Ideogram4Pipeline.from_pretrained("DiffSynth-Studio/ideogram-4-bf16-repackage", memory="cpu")
     image = pipe("a cat", seed=2, num_inference_steps=2, **FAST)  # default bfloat16 compute on the CPU
-    assert image.size == (64, 48)
+    assert image.size == (80, 64)
     assert read_image_metadata(image)["settings"]["model"] == "DiffSynth-Studio/ideogram-4-bf16-repackage"
 
 
 def test_input_images_are_scaled_to_cover_and_centre_cropped():
-    from ideogram_app.pipeline.pipeline import load_input_image
-
     source = Image.new("RGB", (200, 100), (255, 0, 0))
     source.paste((0, 0, 255), (100, 0, 200, 100))
     source.paste((0, 255, 0), (0, 0, 20, 100))  # a strip that the crop must cut away
-    out = load_input_image(source, 64, 64)
+    out = fit_image(source, 64, 64)
     assert out.size == (64, 64)
     assert out.getpixel((2, 32)) == (255, 0, 0) and out.getpixel((61, 32)) == (0, 0, 255)
-    tall = load_input_image(source.convert("L"), 32, 96)
+    tall = fit_image(open_image(source.convert("L")), 32, 96)
     assert tall.size == (32, 96) and tall.mode == "RGB"
+
+
+def test_input_images_over_the_pixel_limit_are_refused_from_the_header(tmp_path):
+    """A 4000x4000 PNG of one colour is a few kB on disk and 48 MB decoded: the limit is checked first,
+    and the message names the limit, not the server path."""
+    path = tmp_path / "secret-folder" / "bomb.png"
+    path.parent.mkdir()
+    Image.new("RGB", (4000, 4000)).save(path)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(LimitError, match="input_image is 4000x4000 \\(16 MP\\); images up to 10 MP") as err:
+        open_image(path, Limits(max_image_pixels=10_000_000))
+    assert "secret-folder" not in str(err.value)
 
 
 def test_prepare_reports_unusual_choices(pipes):

@@ -1,4 +1,4 @@
-"""The sampler against the spec's printed numbers and an independent float64 reimplementation."""
+"""The sampler against the printed numbers of docs/pipeline.md, "Sampler", and an independent float64 reimplementation."""
 import math
 from statistics import NormalDist
 
@@ -9,16 +9,17 @@ from ideogram_app.pipeline.sampling import (
     PRESETS,
     T_MAX,
     T_MIN,
+    GenerationCancelled,
+    denoise,
     euler_step,
     fit_guidance,
     guided_velocity,
-    resolve_sampler,
     schedule,
 )
 
 
 def reference_t(u: float, height: int, width: int, mu: float, std: float) -> float:
-    """Spec §7.1 written out with the standard library only (no torch, no scipy)."""
+    """The schedule formula of docs/pipeline.md, "Sampler", with the standard library only (no torch, no scipy)."""
     mean = mu + 0.5 * math.log(height * width / 512**2)
     t_min = 1 / (1 + math.exp(0.5 * 18))
     t_max = 1 / (1 + math.exp(-0.5 * 15))
@@ -93,44 +94,42 @@ def test_guided_velocity_and_euler_follow_the_formula():
     assert torch.allclose(euler_step(z, vc, 0.25, 0.5), z + 0.25 * vc)
 
 
-def test_resolve_sampler_defaults_to_the_quality_preset():
-    s = resolve_sampler()
-    assert (s.steps, s.guidance, s.mu, s.std) == (48, PRESETS["quality"].guidance, 0.0, 1.5)
-
-
-def test_steps_override_keeps_the_preset_polish_tail():
-    s = resolve_sampler("quality", num_inference_steps=20)
-    assert s.guidance == (7.0,) * 17 + (3.0,) * 3
-    s = resolve_sampler("turbo", num_inference_steps=30)
-    assert s.guidance == (7.0,) * 29 + (3.0,) and (s.mu, s.std) == (0.5, 1.75)
+def test_fit_guidance_keeps_the_polish_tail():
     assert fit_guidance((7.0, 7.0, 3.0), 2) == (7.0, 3.0)
     assert fit_guidance((7.0, 3.0), 1) == (3.0,)
+    assert fit_guidance((7.0, 3.0), 4) == (7.0, 7.0, 7.0, 3.0)
 
 
-def test_cfg_scale_is_a_constant_schedule_with_any_step_count():
-    s = resolve_sampler("default", num_inference_steps=7, cfg_scale=4.5)
-    assert s.guidance == (4.5,) * 7 and s.std == 1.75
+def test_denoise_is_euler_over_any_velocity_callable():
+    """A linear velocity field v = a - z has the closed-form Euler recursion z' = z + (a - z) dt; the loop
+    must reproduce it step by step, pass each step's guidance, and report progress."""
+    a = torch.tensor([[2.0, -1.0]])
+    times, guidance = [0.0, 0.25, 0.75, 0.9], [7.0, 5.0, 3.0]
+    seen, progress = [], []
+
+    def velocity(z, t, g):
+        seen.append((t, g))
+        return a - z
+
+    z = denoise(velocity, torch.zeros(1, 2), times, guidance, callback=lambda i, n: progress.append((i, n)))
+    expected = torch.zeros(1, 2)
+    for t, t_next in zip(times, times[1:]):
+        expected = expected + (a - expected) * (t_next - t)
+    assert torch.allclose(z, expected)
+    assert seen == [(0.0, 7.0), (0.25, 5.0), (0.75, 3.0)] and progress == [(1, 3), (2, 3), (3, 3)]
 
 
-def test_guidance_schedule_sets_the_step_count():
-    s = resolve_sampler(guidance_schedule=[5.0, 4.0, 1.0], mu=0.2, std=1.0)
-    assert (s.steps, s.guidance, s.mu, s.std) == (3, (5.0, 4.0, 1.0), 0.2, 1.0)
+def test_denoise_stops_between_steps():
+    import threading
 
+    stop = threading.Event()
+    calls = []
 
-@pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        ({"preset": "fast"}, "preset 'fast' is unknown; choose one of quality, default, turbo"),
-        ({"cfg_scale": 3.0, "guidance_schedule": [3.0]}, "either cfg_scale"),
-        ({"num_inference_steps": 4, "guidance_schedule": [3.0]}, "has 1 entries but num_inference_steps is 4"),
-        ({"num_inference_steps": 0}, "positive integer, got 0"),
-        ({"num_inference_steps": 2.5}, "positive integer, got 2.5"),
-        ({"guidance_schedule": []}, "guidance_schedule is empty"),
-        ({"std": 0.0}, "std must be a positive number"),
-        ({"mu": float("nan")}, "mu must be a finite number"),
-        ({"cfg_scale": float("inf")}, "guidance values must be finite"),
-    ],
-)
-def test_bad_sampler_settings_have_precise_messages(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        resolve_sampler(**kwargs)
+    def velocity(z, t, g):
+        calls.append(t)
+        stop.set()
+        return z
+
+    with pytest.raises(GenerationCancelled, match="stopped after 1 of 3 steps"):
+        denoise(velocity, torch.zeros(1), [0.0, 0.1, 0.2, 0.3], [1.0, 1.0, 1.0], stop=stop)
+    assert calls == [0.0]

@@ -1,0 +1,46 @@
+"""Velocity callables for `sampling.denoise`: `velocity(z, t, g)` returns the guided velocity.
+
+`dit_pair_velocity` is the official arrangement on one device: the conditional DiT on `[text][image]`,
+the unconditional DiT on the image rows alone (skipped when g = 1), combined by asymmetric CFG.
+Other arrangements (two GPUs, compiled or LoRA-wrapped models) are other callables of the same shape.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ideogram_app.model.latents import TOKEN_CHANNELS
+from ideogram_app.pipeline.conditioning import Conditioning, TokenLayout
+from ideogram_app.pipeline.placement import MemoryPlan
+from ideogram_app.pipeline.sampling import Velocity, guided_velocity
+
+
+def run_dit(dit: nn.Module, x: torch.Tensor, t: torch.Tensor, layout: TokenLayout, text_hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """One DiT forward over a prepared layout (no text features: text rows come projected or not at all)."""
+    return dit(
+        x=x, t=t, llm_features=None, position_ids=layout.position_ids, segment_ids=layout.segment_ids,
+        indicator=layout.indicator, text_hidden=text_hidden, positions=layout.positions,
+    )
+
+
+def dit_pair_velocity(
+    transformer: nn.Module, unconditional: nn.Module, conditioning: Conditioning, memory: MemoryPlan
+) -> Velocity:
+    """The guided velocity of the two DiTs on `memory.device`. The conditional input buffer is made
+    once; its text rows stay zero (the text enters through `text_hidden`)."""
+    n_text = conditioning.num_text_tokens
+    batch, length = conditioning.conditional.indicator.shape
+    cond_input = torch.zeros(batch, length, TOKEN_CHANNELS, device=memory.device)
+
+    def velocity(z: torch.Tensor, t: float, g: float) -> torch.Tensor:
+        t_batch = torch.full((batch,), t, dtype=torch.float32, device=memory.device)
+        cond_input[:, n_text:] = z
+        with memory.running(transformer):
+            v_cond = run_dit(transformer, cond_input, t_batch, conditioning.conditional, conditioning.text_hidden)[:, n_text:]
+        v_uncond = None
+        if g != 1.0:
+            with memory.running(unconditional):
+                v_uncond = run_dit(unconditional, z, t_batch, conditioning.unconditional)
+        return guided_velocity(v_cond, v_uncond, g)
+
+    return velocity
