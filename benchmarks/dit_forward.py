@@ -20,7 +20,8 @@ from ideogram_app.model.token_layout import build_token_layout
 
 
 def dit_flops(cfg: Ideogram4Config, length: int, text_tokens: int) -> float:
-    """docs/model-dit.md, "Parameter count and FLOPs": linear + attention FLOPs of the blocks, plus the text projection on text rows."""
+    """Linear + attention FLOPs of the blocks, plus the text projection on text rows (the formula of
+    docs/model-dit.md, "Parameter count and FLOPs")."""
     d, dff = cfg.emb_dim, cfg.intermediate_size
     blocks = cfg.num_layers * (length * 2 * (4 * d * d + 3 * d * dff) + 4 * d * length * length)
     return blocks + text_tokens * 2 * cfg.llm_features_dim * d + length * 2 * (2 * cfg.in_channels * d)

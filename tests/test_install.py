@@ -70,4 +70,5 @@ def test_installed_wheel_ships_and_loads_every_template(tmp_path):
     assert all(count > 0 for count in found["elements"].values()), found["elements"]
     assert found["issues"] == {name: [] for name in expected}
     assert found["schema_title"] == "Ideogram 4 structured caption"
-    assert found["ui_files"] == sorted(p.name for p in (ROOT / "ideogram_app" / "ui").iterdir() if p.suffix in (".css", ".js"))
+    ui_files = sorted(p.name for p in (ROOT / "ideogram_app" / "ui").iterdir() if p.suffix in (".css", ".js"))
+    assert found["ui_files"] == ui_files

@@ -131,7 +131,8 @@ def test_tiled_decode_close_to_untiled_at_working_settings(ours):
 
 
 def test_default_config_is_the_released_flux2_vae_layout():
-    # Key/shape set of diffusers' default AutoencoderKLFlux2 (= FLUX.2-dev's VAE, docs/model-vae-text.md, "VAE"), on meta.
+    # Key/shape set of diffusers' default AutoencoderKLFlux2 (= FLUX.2-dev's VAE; docs/model-vae-text.md, "VAE"),
+    # on meta.
     with torch.device("meta"):
         ours = Flux2VAE(Flux2VAEConfig())
         reference = AutoencoderKLFlux2()
