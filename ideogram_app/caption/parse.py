@@ -6,15 +6,16 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .issues import CaptionFormatError, CaptionSyntaxError, Issue
 from .model import Caption, PlainText
-from .rules import issue, join_path
+from .rules import MAX_REPORTED, issue, path_text, show, summary_issue
 
-_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n(.*?)\n?[ \t]*```", re.DOTALL)
+_FENCE_OPEN = re.compile(r"```[A-Za-z]*[ \t]*\n")
 
 
 @dataclass
@@ -33,6 +34,16 @@ def _position(text: str, offset: int) -> tuple[int, int]:
     return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
 
 
+def _read_int(digits: str) -> int | float:
+    """An integer literal. Python refuses to read integers longer than
+    `sys.get_int_max_str_digits()` with a bare ValueError; reading them as infinity (like json
+    reads `1e400`) lets the value checks report them at their path as too large a number."""
+    try:
+        return int(digits)
+    except ValueError:
+        return -math.inf if digits.startswith("-") else math.inf
+
+
 def _loads(source: str, origin: str, start: int, note: str = "") -> tuple[Any, list[Issue]]:
     duplicates: dict[int, list[str]] = {}
 
@@ -45,7 +56,7 @@ def _loads(source: str, origin: str, start: int, note: str = "") -> tuple[Any, l
         return obj
 
     try:
-        value = json.loads(source, object_pairs_hook=build)
+        value = json.loads(source, object_pairs_hook=build, parse_int=_read_int)
         return value, _duplicate_issues(value, duplicates)
     except json.JSONDecodeError as err:
         line, column = _position(origin, start + err.pos)
@@ -54,27 +65,45 @@ def _loads(source: str, origin: str, start: int, note: str = "") -> tuple[Any, l
         raise CaptionSyntaxError("nesting too deep" + note, 1, 1) from None
 
 
-def _duplicate_issues(value: Any, duplicates: dict[int, list[str]], path: str = "") -> list[Issue]:
-    found: list[Issue] = []
-    if isinstance(value, dict):
-        for key in duplicates.get(id(value), []):
-            found.append(issue("duplicate_key", join_path(path, key),
-                               f"key {key!r} appears more than once in the same object, and only the last one "
-                               "would be kept; merge them into one"))
-        for key, child in value.items():
-            found += _duplicate_issues(child, duplicates, join_path(path, key))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            found += _duplicate_issues(child, duplicates, join_path(path, index))
-    return found
+def _duplicate_issues(value: Any, duplicates: dict[int, list[str]]) -> list[Issue]:
+    """An issue per repeated key, in document order. Iterative with lazily spelled paths (see
+    `rules.path_text`), so neither depth nor width of the JSON can make it raise or go quadratic."""
+    if not duplicates:
+        return []
+    found: list[tuple[tuple | None, str]] = []
+    stack: list[tuple[Any, tuple | None]] = [(value, None)]
+    while stack:
+        value, node = stack.pop()
+        if isinstance(value, dict):
+            found += [((node, key), key) for key in duplicates.get(id(value), [])]
+            stack.extend(((child, (node, key)) for key, child in reversed(value.items())))
+        elif isinstance(value, list):
+            stack.extend(((value[index], (node, index)) for index in reversed(range(len(value)))))
+    issues = [issue("duplicate_key", path_text(node), f"key {show(key)} appears more than once in the same object, "
+                    "and only the last one would be kept; merge them into one") for node, key in found[:MAX_REPORTED]]
+    if len(found) > MAX_REPORTED:
+        issues.append(summary_issue("duplicate_key", len(found) - MAX_REPORTED, "repeated keys"))
+    return issues
+
+
+def _unfence(text: str) -> tuple[str, int] | None:
+    """(body, offset of the body in `text`) when `text` is one ```json fenced block (whitespace
+    around it aside), else None. Plain string scanning: the obvious regular expression backtracks
+    quadratically over long runs of spaces."""
+    start, end = len(text) - len(text.lstrip()), len(text.rstrip())
+    opening = _FENCE_OPEN.match(text, start, end)
+    if opening is None or opening.end() > end - 3 or not text.endswith("```", 0, end):
+        return None
+    body_end = len(text[:end - 3].rstrip(" \t"))
+    if body_end > opening.end() and text[body_end - 1] == "\n":
+        body_end -= 1
+    return text[opening.end():body_end], opening.end()
 
 
 def decode_text(text: str) -> DecodedJSON | PlainText:
     """JSON-looking text -> `DecodedJSON`; prose -> `PlainText`; broken JSON -> CaptionSyntaxError."""
     text = text.removeprefix("\ufeff")  # a byte-order mark from Windows editors is not content
-    fence = _FENCE.fullmatch(text.strip())
-    body = fence.group(1) if fence else text
-    body_offset = text.index(body) if fence else 0
+    body, body_offset = _unfence(text) or (text, 0)
     stripped = body.lstrip()
     leading = len(body) - len(stripped)
     if stripped.startswith(("{", "[")):
@@ -97,7 +126,9 @@ def decode_text(text: str) -> DecodedJSON | PlainText:
 
 def parse(text_or_dict: str | dict | Caption) -> Caption | PlainText:
     """Anything a user may paste -> `Caption`, or `PlainText` for prose. Raises
-    `CaptionSyntaxError` (broken JSON) or `CaptionFormatError` (JSON that is not a caption)."""
+    `CaptionSyntaxError` (broken JSON), `CaptionFormatError` (JSON that is not a caption, values
+    JSON cannot carry included) or `TypeError` (neither str, dict nor Caption), nothing else, in
+    time linear in the length of the text."""
     if isinstance(text_or_dict, Caption):
         return text_or_dict
     if isinstance(text_or_dict, dict):

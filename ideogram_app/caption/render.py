@@ -6,6 +6,7 @@ strips stay legible.
 from __future__ import annotations
 
 import math
+import re
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -18,6 +19,7 @@ NOTE = (120, 118, 110)
 TYPE_COLORS = {"obj": (37, 99, 235), "text": (220, 38, 38)}
 FILL_ALPHA = {"canvas": 46, "overlay": 70}
 LABEL_TEXT = (255, 255, 255)
+_WORD = re.compile(r"\S+")
 
 
 def label_for(index: int, element: Element) -> str:
@@ -41,24 +43,54 @@ def load_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default(size=size)
 
 
+def _visible_chars(max_width: float) -> int:
+    """More characters than a line `max_width` pixels wide can show, since every character that
+    takes up room advances the pen by at least a pixel at these font sizes (only zero-width ones
+    such as combining marks or joiners do not, and a label made mostly of those is cut early). Text
+    is cut to this before any measuring, so the cost of a label is bounded by its box, not by the
+    length of a description (which may be megabytes)."""
+    return max(0, int(max_width)) + 1
+
+
 def _fit(text: str, font: ImageFont.ImageFont, max_width: float) -> str:
-    if font.getlength(text) <= max_width:
+    """`text` when it fits in `max_width` pixels, else its longest prefix that fits with an
+    ellipsis after it ("" when not even one character does). Binary search over the prefix length
+    (widths grow with the prefix), so a label costs O(log n) measurements of at most
+    `_visible_chars` characters instead of one measurement per character dropped."""
+    cap = _visible_chars(max_width)
+    if len(text) <= cap and font.getlength(text) <= max_width:
         return text
-    while text and font.getlength(text + "\u2026") > max_width:
-        text = text[:-1]
-    return text + "\u2026" if text else ""
+    text = text[:cap]
+    fits, fails = 0, len(text) + 1  # invariant: a prefix of `fits` chars fits (0 trivially), `fails` does not
+    while fails - fits > 1:
+        middle = (fits + fails) // 2
+        if font.getlength(text[:middle] + "\u2026") <= max_width:
+            fits = middle
+        else:
+            fails = middle
+    return text[:fits] + "\u2026" if fits else ""
 
 
 def _wrap(text: str, font: ImageFont.ImageFont, max_width: float, max_lines: int) -> list[str]:
+    """Greedy word wrap into at most `max_lines` lines; what does not fit ends the last line with an
+    ellipsis. Only the first `max_lines` lines' worth of characters is looked at."""
     lines: list[str] = []
-    words = text.split()
-    while words and len(lines) < max_lines:
-        line = words.pop(0)
-        while words and font.getlength(line + " " + words[0]) <= max_width:
-            line += " " + words.pop(0)
+    words, budget = [], max_lines * _visible_chars(max_width)
+    for match in _WORD.finditer(text):  # whitespace takes no room once split, so count only words
+        words.append(match.group())
+        budget -= len(match.group()) + 1
+        if budget < 0:
+            break
+    next_word = 0
+    while next_word < len(words) and len(lines) < max_lines:
+        line = words[next_word]
+        next_word += 1
+        while next_word < len(words) and font.getlength(line + " " + words[next_word]) <= max_width:
+            line += " " + words[next_word]
+            next_word += 1
         lines.append(line)
-    if words and lines:
-        lines[-1] = _fit(lines[-1] + " " + " ".join(words), font, max_width)
+    if next_word < len(words) and lines:
+        lines[-1] = _fit(lines[-1] + " " + " ".join(words[next_word:]), font, max_width)
     return [_fit(line, font, max_width) for line in lines]
 
 

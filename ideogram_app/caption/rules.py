@@ -1,11 +1,13 @@
-"""The caption rules (ideogram4-model.md §8.1) as constants plus the structural checks on a parsed
+"""The caption rules (docs/caption.md, "The format") as constants plus the structural checks on a parsed
 caption. `verify` adds the checks that need the raw text; `Caption.from_dict` reuses these checks
 so the model and the verifier can never disagree about what a valid caption is.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from typing import Any
 
 from .issues import Issue
@@ -56,16 +58,73 @@ STRUCTURAL_CODES = frozenset({"not_an_object", "duplicate_key", "missing_field",
 
 HEX_COLOR = re.compile(r"#[0-9A-Fa-f]{6}")
 LITERAL_ESCAPE = re.compile(r"\\u[0-9A-Fa-f]{4}")
+SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str these are always lone: json joins valid pairs
+
+SHOWN_CHARS = 60  # how much of a value a message quotes
+PATH_KEY_CHARS = 80  # how much of an object key a path spells out
+MAX_REPORTED = 20  # per check that walks arbitrary nesting, then one summary issue
 
 
 def issue(code: str, path: str, message: str) -> Issue:
     return Issue(code, path, message, CODES[code])  # type: ignore[arg-type]
 
 
-def join_path(path: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else str(key)
+def printable(text: str) -> str:
+    """`text` with lone surrogates written as `\\udXXX`, so issues can always be printed and
+    encoded as UTF-8 (the CLI prints them; the UI sends them as JSON)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if SURROGATE.search(text) else text
+
+
+def show(value: Any) -> str:
+    """A value quoted in a message: at most about SHOWN_CHARS characters, printable, and never
+    raising, whatever the value (huge integers, cycles, deep nesting, types JSON has no form for).
+    Strings are quoted like Python does, everything else as JSON."""
+    if isinstance(value, str):
+        text = repr(value[:SHOWN_CHARS - 2])
+        return printable(text if len(value) <= SHOWN_CHARS - 2 else text + "...")
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return f"{type_name(value)} that cannot be written as JSON"
+    return printable(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "...")
+
+
+def key_step(key: Any) -> str:
+    """An object key as one step of a path. Long keys are cut (a path locates, it need not repeat
+    megabytes of key), keys that are not strings (only in dicts built in Python) are quoted."""
+    if not isinstance(key, str):
+        return show(key)
+    return printable(key if len(key) <= PATH_KEY_CHARS else key[:PATH_KEY_CHARS - 3] + "...")
+
+
+def join_path(path: str, step: int | str) -> str:
+    """`path` plus a list index (an int: `[3]`) or an object key (a str: `.key`)."""
+    if isinstance(step, int):
+        return f"{path}[{step}]"
+    step = key_step(step)
+    return f"{path}.{step}" if path else step
+
+
+def key_path(path: str, key: Any) -> str:
+    """`path` plus an object key of any type (`{3: ...}` is `.3`, not the index `[3]`)."""
+    return join_path(path, key_step(key))
+
+
+def path_text(node: tuple | None) -> str:
+    """The path of a node of an iterative walk. Walks over arbitrary nesting carry paths as linked
+    `(parent, step)` tuples and spell out only those an issue needs: building every path string
+    eagerly costs depth x size, quadratic for a long chain of keys above a wide list."""
+    parts: list[str] = []
+    while node is not None:
+        node, step = node
+        parts.append(f"[{step}]" if isinstance(step, int) else "." + key_step(step))
+    return "".join(reversed(parts)).removeprefix(".")
+
+
+def summary_issue(code: str, extra: int, what: str) -> Issue:
+    """One issue standing for the `extra` findings of a walk beyond the first MAX_REPORTED."""
+    return issue(code, "", f"{extra} more {what} not listed here (the first {MAX_REPORTED} are listed); "
+                 "fix those and check again")
 
 
 def type_name(value: Any) -> str:
@@ -85,12 +144,14 @@ def type_name(value: Any) -> str:
 
 
 def check_caption(data: Any) -> list[Issue]:
-    """All rules that can be checked on the parsed value (dict order included)."""
+    """All rules that can be checked on the parsed value (dict order included). Never raises,
+    whatever `data` holds."""
     out: list[Issue] = []
     if not isinstance(data, dict):
         out.append(issue("not_an_object", "", f"a caption is a JSON object, got {type_name(data)}; "
                          "wrap the content as {\"compositional_deconstruction\": {...}}"))
         return out
+    _check_json_values(data, out)
     _check_keys(data, TOP_KEYS, "", out)
     if "high_level_description" in data:
         _check_text(data["high_level_description"], "high_level_description", out)
@@ -109,6 +170,75 @@ def check_caption(data: Any) -> list[Issue]:
     return out
 
 
+def _json_value_problem(value: Any) -> str | None:
+    """Why `value` cannot be carried by JSON text and UTF-8, or None for a plain JSON scalar."""
+    if isinstance(value, str):
+        match = SURROGATE.search(value)
+        return None if match is None else (
+            f"contains the lone UTF-16 surrogate {printable(match.group())}, which is not a character and cannot be "
+            "encoded as UTF-8; delete it, or write the whole character (a pair such as \\ud83d\\ude00 is fine)")
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "is NaN, which is not a JSON number; write a number"
+        return None if math.isfinite(value) else (
+            "is too large a number for JSON (it reads as infinity); write a number of ordinary size")
+    if isinstance(value, int):
+        if value.bit_length() < 1000:  # far below the longest integer Python will print (sys.get_int_max_str_digits)
+            return None
+        try:
+            str(value)
+        except ValueError:
+            return (f"is an integer with more than {sys.get_int_max_str_digits()} digits, too long to read or write; "
+                    "write a number of ordinary size")
+        return None
+    return f"is {type_name(value)}, which JSON has no form for; use a string, number, list or object"
+
+
+def _check_json_values(data: Any, out: list[Issue]) -> None:
+    """Values anywhere in the caption (unknown keys included: `to_json` keeps them) that JSON text
+    and UTF-8 cannot carry: NaN and infinities (Python's json reads `NaN`, `Infinity`, and `1e400`
+    overflows to infinity), integers too long to print, lone surrogates (json reads "\\ud800", no
+    UTF-8 encoder writes it), object keys that are not strings and Python types JSON has no form
+    for (dicts built in Python), and cycles. Iterative, so no nesting depth hits the recursion
+    limit; reported as `wrong_type`, which `Caption.from_dict` refuses, so `to_json` only ever
+    writes valid, encodable JSON."""
+    found: list[tuple[tuple | None, str]] = []
+    ancestors: set[int] = set()
+    stack: list[tuple[Any, tuple | None, bool]] = [(data, None, False)]
+    while stack:
+        value, node, leaving = stack.pop()
+        if leaving:
+            ancestors.discard(id(value))
+            continue
+        if isinstance(value, (dict, list)):
+            if id(value) in ancestors:
+                found.append((node, "contains itself (a cycle), which JSON cannot write"))
+                continue
+            ancestors.add(id(value))
+            stack.append((value, node, True))
+            if isinstance(value, dict):
+                children = []
+                for key, child in value.items():
+                    child_node = (node, key if isinstance(key, str) else key_step(key))
+                    if not isinstance(key, str):
+                        found.append((child_node, f"is a key that is {type_name(key)}; JSON object keys are strings"))
+                    elif problem := _json_value_problem(key):
+                        found.append((child_node, "is a key that " + problem))
+                    children.append((child, child_node, False))
+                stack.extend(reversed(children))  # popped in document order
+            else:
+                stack.extend((value[index], (node, index), False) for index in reversed(range(len(value))))
+            continue
+        if problem := _json_value_problem(value):
+            found.append((node, problem))
+    for node, problem in found[:MAX_REPORTED]:
+        out.append(issue("wrong_type", path_text(node), problem))
+    if len(found) > MAX_REPORTED:
+        out.append(summary_issue("wrong_type", len(found) - MAX_REPORTED, "values that JSON cannot carry"))
+
+
 def _check_keys(obj: dict, canonical: tuple[str, ...] | None, path: str, out: list[Issue],
                 allowed: tuple[str, ...] | None = None, hint: str = "") -> None:
     """Unknown keys (errors) and the order of the known ones (a warning `to_json` fixes)."""
@@ -118,8 +248,8 @@ def _check_keys(obj: dict, canonical: tuple[str, ...] | None, path: str, out: li
             where = f" in {path}" if path else " at the top level"
             extra = (" (aspect_ratio belongs to the image size setting, not the caption)"
                      if key == "aspect_ratio" else hint if key == "text" else "")
-            out.append(issue("unknown_key", join_path(path, key),
-                             f"unknown key {key!r}{where}: the model renders unknown keys as junk; delete it "
+            out.append(issue("unknown_key", key_path(path, key),
+                             f"unknown key {show(key)}{where}: the model renders unknown keys as junk; delete it "
                              f"or move its content into a known field (allowed: {', '.join(allowed)}){extra}"))
     if canonical is None:
         return
@@ -178,11 +308,11 @@ def _check_palette(palette: Any, path: str, limit: int, out: list[Issue]) -> Non
     for index, color in enumerate(palette):
         color_path = join_path(path, index)
         if not isinstance(color, str) or not HEX_COLOR.fullmatch(color):
-            out.append(issue("color_format", color_path, f"{color!r} is not a colour in #RRGGBB form; write six hex "
+            out.append(issue("color_format", color_path, f"{show(color)} is not a colour in #RRGGBB form; write six hex "
                              "digits with upper-case letters, e.g. \"#1A2B3C\""))
         elif color != color.upper():
-            out.append(issue("color_case", color_path, f"{color!r} has lower-case hex digits; write "
-                             f"{color.upper()!r} (to_json upper-cases it)"))
+            out.append(issue("color_case", color_path, f"{show(color)} has lower-case hex digits; write "
+                             f"{show(color.upper())} (to_json upper-cases it)"))
 
 
 def _check_composition(comp: Any, path: str, out: list[Issue]) -> None:
@@ -208,6 +338,8 @@ def _check_composition(comp: Any, path: str, out: list[Issue]) -> None:
         element_path = join_path(elements_path, index)
         _check_element(element, element_path, out)
         fingerprint = _fingerprint(element)
+        if fingerprint is None:
+            continue
         if fingerprint in seen:
             out.append(issue("duplicate_element", element_path,
                              f"is identical to elements[{seen[fingerprint]}]; delete it, or give each copy its own "
@@ -216,11 +348,13 @@ def _check_composition(comp: Any, path: str, out: list[Issue]) -> None:
             seen[fingerprint] = index
 
 
-def _fingerprint(value: Any) -> str:
+def _fingerprint(value: Any) -> str | None:
+    """What makes two elements identical, or None for an element JSON cannot write (reported by
+    `_check_json_values`; such an element is compared with nothing)."""
     try:
         return json.dumps(value, sort_keys=True, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
-        return repr(value)
+        return None
 
 
 def _check_element(element: Any, path: str, out: list[Issue]) -> None:
@@ -230,9 +364,9 @@ def _check_element(element: Any, path: str, out: list[Issue]) -> None:
     kind = element.get("type")
     if "type" not in element:
         out.append(issue("missing_field", join_path(path, "type"), "type is required: \"obj\" or \"text\""))
-    elif kind not in ELEMENT_KEYS:
+    elif not isinstance(kind, str) or kind not in ELEMENT_KEYS:  # a list or object is unhashable
         out.append(issue("element_type", join_path(path, "type"),
-                         f"type {kind!r} is not an element type the model knows; use \"obj\" for things and "
+                         f"type {show(kind)} is not an element type the model knows; use \"obj\" for things and "
                          "\"text\" for lettering to render"))
     known = ELEMENT_KEYS.get(kind) if isinstance(kind, str) else None
     _check_keys(element, known, path, out, allowed=TEXT_KEYS if known is None else known,
@@ -259,20 +393,15 @@ def _check_bbox(bbox: Any, path: str, out: list[Issue]) -> None:
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in bbox))
     if not shape_ok:
         out.append(issue("bbox_shape", path, f"must be four integers [y_min, x_min, y_max, x_max] on a 0-1000 grid, "
-                         f"got {_short(bbox)}; write exactly four whole numbers"))
+                         f"got {show(bbox)}; write exactly four whole numbers"))
         return
     if any(v < 0 or v > BBOX_GRID for v in bbox):
-        out.append(issue("bbox_range", path, f"{bbox} leaves the 0-1000 grid; clamp each value into 0..1000 "
+        out.append(issue("bbox_range", path, f"{show(bbox)} leaves the 0-1000 grid; clamp each value into 0..1000 "
                          "(the grid is relative to the image, not pixels)"))
     y_min, x_min, y_max, x_max = bbox
     if y_min > y_max or x_min > x_max:
-        out.append(issue("bbox_order", path, f"{bbox} has a minimum above its maximum; the order is "
+        out.append(issue("bbox_order", path, f"{show(bbox)} has a minimum above its maximum; the order is "
                          "[y_min, x_min, y_max, x_max] (y first), so swap the offending pair"))
     elif y_min == y_max or x_min == x_max:
-        out.append(issue("bbox_empty", path, f"{bbox} has zero area; give it a height and a width, or drop the "
+        out.append(issue("bbox_empty", path, f"{show(bbox)} has zero area; give it a height and a width, or drop the "
                          "bbox to let the model place the element"))
-
-
-def _short(value: Any) -> str:
-    text = _fingerprint(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -3,19 +3,22 @@ raises: broken or random input yields issues, so the UI can show them next to th
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from typing import Any
 
 from .issues import CaptionSyntaxError, Issue
 from .model import Caption, PlainText
 from .parse import DecodedJSON, decode_text
-from .rules import check_caption, issue, join_path
+from .rules import MAX_REPORTED, SURROGATE, check_caption, issue, path_text, printable, summary_issue
 
 _ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u([0-9A-Fa-f]{4})")
-_WHITESPACE = " \t\r\n"
+# A JSON string token (unrolled so it never backtracks), or a run of whitespace between tokens.
+_LEXEME = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[ \t\r\n]+', re.DOTALL)
+_KEY = object()  # marks "the key string itself" in the document-order walk
 
 
 def verify(text_or_dict: str | dict | Caption | Any) -> list[Issue]:
-    """Issues for a caption given as text, dict or `Caption`; [] means canonical and valid."""
+    """Issues for a caption given as text, dict or `Caption`; [] means canonical and valid. Never
+    raises, whatever the value, in time linear in its size."""
     if isinstance(text_or_dict, Caption):
         return check_caption(text_or_dict.to_dict())
     if not isinstance(text_or_dict, str):
@@ -26,8 +29,13 @@ def verify(text_or_dict: str | dict | Caption | Any) -> list[Issue]:
         return [issue("json_syntax", "", f"invalid JSON at line {err.line}, column {err.column}: {err.reason}; fix "
                       "the text there (usual causes: a trailing comma, a missing comma or quote, single quotes)")]
     if isinstance(decoded, PlainText):
-        return [issue("plain_text", "", "this is plain prose, not a JSON caption; it works, but the model was trained "
-                      "on JSON captions and follows layout and text far better with one")]
+        found = [issue("plain_text", "", "this is plain prose, not a JSON caption; it works, but the model was trained "
+                       "on JSON captions and follows layout and text far better with one")]
+        if surrogate := SURROGATE.search(decoded.text):
+            found.append(issue("wrong_type", "", f"the text contains the lone UTF-16 surrogate "
+                               f"{printable(surrogate.group())}, which is not a character and cannot be encoded as "
+                               "UTF-8; delete it"))
+        return found
     return _text_issues(decoded) + decoded.duplicate_keys + check_caption(decoded.value)
 
 
@@ -37,51 +45,58 @@ def _text_issues(decoded: DecodedJSON) -> list[Issue]:
     if decoded.double_encoded:
         found.append(issue("double_encoded", "", "the caption is a JSON string that contains JSON (encoded twice); "
                            "the model must see the inner object, `format`/to_json unwraps it"))
-    tokens, has_whitespace = _scan(decoded.source)
+    escaped_tokens, token_count, has_whitespace = _scan(decoded.source)
     if has_whitespace:
         found.append(issue("not_compact", "", "the JSON has whitespace between tokens (pretty-printed); the model "
                            "was trained on compact JSON, `format`/to_json compacts it"))
-    paths = list(_string_paths(decoded.value))
-    aligned = len(paths) == len(tokens) and not decoded.duplicate_keys
-    for index, token in enumerate(tokens):
-        codes = [int(m.group(1), 16) for m in _ESCAPE.finditer(token)]
-        escaped = [c for c in codes if c >= 0x20]
-        if escaped:
-            sample = "".join(chr(c) for c in escaped if not 0xD800 <= c <= 0xDFFF)[:8] or "non-BMP characters"
-            found.append(issue("unicode_escape", paths[index] if aligned else "",
-                               f"writes {sample!r} as \\uXXXX escapes; the model was trained on literal characters "
-                               "(ensure_ascii=False), `format`/to_json writes them literally"))
+    if not escaped_tokens:
+        return found
+    nodes = _string_nodes(decoded.value)
+    aligned = len(nodes) == token_count and not decoded.duplicate_keys
+    for index, escaped in escaped_tokens[:MAX_REPORTED]:
+        sample = "".join(chr(c) for c in escaped if not 0xD800 <= c <= 0xDFFF)[:8] or "non-BMP characters"
+        found.append(issue("unicode_escape", path_text(nodes[index]) if aligned else "",
+                           f"writes {sample!r} as \\uXXXX escapes; the model was trained on literal characters "
+                           "(ensure_ascii=False), `format`/to_json writes them literally"))
+    if len(escaped_tokens) > MAX_REPORTED:
+        found.append(summary_issue("unicode_escape", len(escaped_tokens) - MAX_REPORTED, "strings with \\uXXXX escapes"))
     return found
 
 
-def _scan(source: str) -> tuple[list[str], bool]:
-    """Raw string tokens in document order, and whether whitespace sits outside them. `source`
-    is valid JSON, so every string token is closed."""
-    tokens: list[str] = []
+def _scan(source: str) -> tuple[list[tuple[int, list[int]]], int, bool]:
+    """(index of each string token that escapes printable characters as \\uXXXX, with their code
+    points; number of string tokens; whether whitespace sits between tokens). `source` is valid
+    JSON, so every string token is closed; one regular expression pass keeps this linear."""
+    escaped_tokens: list[tuple[int, list[int]]] = []
+    token_count = 0
     has_whitespace = False
-    i = 0
-    while i < len(source):
-        if source[i] == '"':
-            j = i + 1
-            while source[j] != '"':
-                j += 2 if source[j] == "\\" else 1
-            tokens.append(source[i:j + 1])
-            i = j + 1
-        else:
-            has_whitespace = has_whitespace or source[i] in _WHITESPACE
-            i += 1
-    return tokens, has_whitespace
+    for match in _LEXEME.finditer(source):
+        token = match.group()
+        if token[0] != '"':
+            has_whitespace = True
+            continue
+        if "\\u" in token:
+            escaped = [c for c in (int(m.group(1), 16) for m in _ESCAPE.finditer(token)) if c >= 0x20]
+            if escaped:
+                escaped_tokens.append((token_count, escaped))
+        token_count += 1
+    return escaped_tokens, token_count, has_whitespace
 
 
-def _string_paths(value: Any, path: str = "") -> Iterator[str]:
-    """Paths of every string (object keys included) in the order they appear in the text."""
-    if isinstance(value, dict):
-        for key, child in value.items():
-            child_path = join_path(path, key)
-            yield child_path
-            yield from _string_paths(child, child_path)
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            yield from _string_paths(child, join_path(path, index))
-    elif isinstance(value, str):
-        yield path
+def _string_nodes(value: Any) -> list[tuple | None]:
+    """Path nodes (see `rules.path_text`) of every string, object keys included, in the order they
+    appear in the text. Iterative, so deep nesting cannot hit the recursion limit."""
+    nodes: list[tuple | None] = []
+    stack: list[tuple[Any, tuple | None]] = [(value, None)]
+    while stack:
+        value, node = stack.pop()
+        if value is _KEY or isinstance(value, str):
+            nodes.append(node)
+        elif isinstance(value, dict):
+            items: list[tuple[Any, tuple | None]] = []
+            for key, child in value.items():
+                items += [(_KEY, (node, key)), (child, (node, key))]
+            stack.extend(reversed(items))
+        elif isinstance(value, list):
+            stack.extend((value[index], (node, index)) for index in reversed(range(len(value))))
+    return nodes
