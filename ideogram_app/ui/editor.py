@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ideogram_app.caption import (Caption, CaptionFormatError, CaptionSyntaxError, Element, Issue, PlainText, Style,
-                                  parse, pixels_to_bbox)
+                                  parse, pixels_to_bbox, to_json)
 
 from .state import EditorState, clamp_selection, edited, redo, undo
 
@@ -303,3 +303,8 @@ def load_caption(state: EditorState, caption: Caption) -> EditorState:
     new.caption = caption.to_dict()
     new.selected = 0 if new.elements else None
     return new
+
+
+def prompt_text(state: EditorState) -> str:
+    """The string Generate sends: plain text as typed, otherwise the canonical caption JSON."""
+    return state.plain_text if state.plain_text is not None else to_json(state.caption)

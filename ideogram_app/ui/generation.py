@@ -1,115 +1,63 @@
-"""Generation as the app runs it: settings checked before the GPU is touched, per-session Stop
-signals, results saved as PNGs that carry their caption and settings (so they re-open in the editor).
+"""Generation as the app runs it: the one request model (`GenerationSettings`) built from the controls
+or the API's arguments, its errors shown under the names the user sees, per-session Stop signals,
+and the pipeline run (under ZeroGPU on Spaces).
+
+Every rule and default lives in `pipeline/settings.py` and `limits.py`; this module only translates
+between widgets and fields.
 """
 from __future__ import annotations
 
-import os
-import random
 import threading
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from dataclasses import MISSING, fields
+from typing import Any, Callable, Mapping
 
 from PIL import Image
 
-from ideogram_app.model.prompt_tokenizer import PromptTooLongError, check_token_count
-from ideogram_app.pipeline.metadata import read_image_metadata, save_png
-from ideogram_app.pipeline.prompt import prepare_prompt
-from ideogram_app.pipeline.sampling import PRESETS, check_denoising_strength
-from ideogram_app.pipeline.sizes import check_size
+from ideogram_app.limits import Limits
+from ideogram_app.pipeline.sampling import PRESETS
+from ideogram_app.pipeline.settings import RANDOM_SEED, GenerationSettings, SettingsError
 
-from .model_slot import ModelSlot
 from .zerogpu import on_gpu
 
-MAX_IMAGES = 4
-SEED_MAX = 2**31 - 1
-PRESET_LABELS = {"Quality · 48 steps": "quality", "Default · 20 steps": "default", "Turbo · 12 steps": "turbo"}
-# Upper bound of H100/H200 seconds per denoising step at 1 MP with both transformers (docs/app.md,
-# "Hugging Face Spaces", has the measurements); only used to ask ZeroGPU for a slot long enough.
+# The field defaults of GenerationSettings, for the controls' initial values and the API's defaults.
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(GenerationSettings) if f.default is not MISSING}
+PRESET_LABELS = {f"{name.capitalize()} · {preset.steps} steps": name for name, preset in PRESETS.items()}
+PRESET_BY_NAME = {name: label for label, name in PRESET_LABELS.items()}
+# Seconds per guided denoising step at 1 MP, with a wide margin over the 0.34 s of DiT time measured
+# on an H100 (benchmarks/RESULTS.md); only used to ask ZeroGPU for a slot long enough.
 SECONDS_PER_STEP_AT_1MP = 1.2
 FIXED_OVERHEAD_S = 20
 
 
-class SettingsError(ValueError):
-    """Generation settings that cannot run; the message names the field and the fix."""
+def describe_problems(err: SettingsError, names: Mapping[str, str]) -> str:
+    """The settings' problems, each led by what the user calls the field (a control's label, an
+    API parameter); a field without a name of its own keeps the settings' name."""
+    return "; ".join(f"{names.get(field, field)}: {message}" for field, message in err.problems)
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    preset: str = "default"
-    width: int = 1024
-    height: int = 1024
-    seed: int = 0
-    num_images: int = 1
-    input_image: str | None = None
-    strength: float = 1.0
+def settings_from_controls(*, preset: str, width, height, seed, randomize: bool, num_images,
+                           input_image: str | None, strength, limits: Limits) -> GenerationSettings:
+    """The Generate panel's values as a request (raises SettingsError). The preset arrives as its
+    label; "New random seed each run" means RANDOM_SEED; the strength slider belongs to the img2img
+    input and is only passed with an image."""
+    return GenerationSettings(
+        width=width, height=height, preset=PRESET_LABELS.get(preset, preset),
+        seed=RANDOM_SEED if randomize else seed, num_images=num_images,
+        input_image=input_image or None, denoising_strength=strength if input_image else None, limits=limits,
+    )
 
 
-def output_dir() -> Path:
-    path = Path(os.environ.get("IDEOGRAM_OUTPUT_DIR", "outputs")).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def resolve_seed(seed: int | float | None, randomize: bool) -> int:
-    if randomize or seed is None or seed < 0:
-        return random.randint(0, SEED_MAX)
-    return int(seed)
-
-
-def check_settings(preset: str, width, height, seed, num_images, input_image: str | None,
-                   strength) -> tuple[GenerationSettings, list[str]]:
-    """-> (settings, warnings); SettingsError naming every unusable field."""
-    preset = PRESET_LABELS.get(preset, preset)
-    if preset not in PRESETS:
-        raise SettingsError(f"preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    problems = []
-    ints = {}
-    for name, value in (("width", width), ("height", height), ("seed", seed), ("num_images", num_images)):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{name} must be a whole number, got {value!r}")
-        ints[name] = value
-    if problems:
-        raise SettingsError("; ".join(problems))
-    try:
-        warnings = check_size(ints["width"], ints["height"])
-    except ValueError as err:
-        raise SettingsError(str(err)) from None
-    if not 1 <= ints["num_images"] <= MAX_IMAGES:
-        raise SettingsError(f"num_images is {ints['num_images']}; choose 1 to {MAX_IMAGES}")
-    if not 0 <= ints["seed"] <= SEED_MAX:
-        raise SettingsError(f"seed {ints['seed']} is outside 0..{SEED_MAX}")
-    strength = float(strength if input_image else 1.0)
-    try:
-        check_denoising_strength(strength)
-    except ValueError:
-        raise SettingsError(f"img2img strength {strength} is outside (0, 1]; 1.0 ignores the input image") from None
-    settings = GenerationSettings(preset, ints["width"], ints["height"], ints["seed"], ints["num_images"],
-                                  input_image or None, strength)
-    return settings, warnings
-
-
-def check_prompt(prompt: str, count_tokens: Callable[[str], int] | None) -> str:
-    """The exact model string for `prompt`, or an error (invalid caption, too many tokens) raised
-    before any heavy work; raises the pipeline's InvalidCaptionError / CaptionSyntaxError."""
-    prepared = prepare_prompt(prompt)
-    if count_tokens is not None:
-        try:
-            check_token_count(count_tokens(prepared.text))
-        except PromptTooLongError as err:
-            raise SettingsError(f"the prompt is {err.token_count} tokens long; the model reads at most {err.limit}. "
-                                "Shorten descriptions or remove elements.") from None
-    return prepared.text
+def checked_size(width, height, limits: Limits) -> GenerationSettings:
+    """Just a size, checked by the request model (everything else at its default): raises
+    SettingsError for a size that cannot run; `.warnings` holds the notes for an unusual one."""
+    return GenerationSettings(width=width, height=height, limits=limits)
 
 
 def gpu_seconds(settings: GenerationSettings) -> int:
     """Duration to request from ZeroGPU for one run of `settings`."""
-    steps = PRESETS[settings.preset].steps
     megapixels = settings.width * settings.height / 1024**2
-    return int(FIXED_OVERHEAD_S + settings.num_images * steps * SECONDS_PER_STEP_AT_1MP * max(megapixels, 0.25))
+    return int(FIXED_OVERHEAD_S + settings.num_images * settings.sampler.steps * SECONDS_PER_STEP_AT_1MP
+               * max(megapixels, 0.25))
 
 
 class StopSignals:
@@ -137,28 +85,11 @@ class StopSignals:
             self._events.pop(session, None)
 
 
-def _run_generation(slot: ModelSlot, prompt: str, settings: GenerationSettings,
-                   on_step: Callable[[int, int], None] | None = None,
-                   stop_event: threading.Event | None = None) -> list[Image.Image]:
-    """Images from the loaded pipeline (ModelNotLoadedError when there is none)."""
-    pipe = slot.require().pipe
-    init = Image.open(settings.input_image).convert("RGB") if settings.input_image else None
-    images = pipe(prompt, height=settings.height, width=settings.width, seed=settings.seed,
-                  preset=settings.preset, num_images=settings.num_images, input_image=init,
-                  denoising_strength=settings.strength, callback=on_step, stop_event=stop_event)
+def _run_generation(pipe, request, on_step: Callable[[int, int], None] | None = None,
+                    stop_event: threading.Event | None = None) -> list[Image.Image]:
+    """Images for a request the pipeline has validated (`pipe.prepare`)."""
+    images = pipe.run(request, callback=on_step, stop_event=stop_event)
     return images if isinstance(images, list) else [images]
 
 
-run_generation = on_gpu(_run_generation, duration=lambda slot, prompt, settings, *args, **kwargs: gpu_seconds(settings))
-
-
-def save_results(images: list[Image.Image], directory: Path | None = None) -> list[dict]:
-    """Write each image (with the metadata the pipeline attached) to a fresh, unguessable name;
-    -> result records `{"path", "prompt", "settings"}` (the record is the PNG's own metadata)."""
-    directory = directory or output_dir()
-    results = []
-    for image in images:
-        path = save_png(image, directory / f"ideogram-{uuid.uuid4().hex[:12]}.png")
-        record = read_image_metadata(image)
-        results.append({"path": str(path), "prompt": record["prompt"], "settings": record["settings"]})
-    return results
+run_generation = on_gpu(_run_generation, duration=lambda pipe, request, *args, **kwargs: gpu_seconds(request.settings))

@@ -9,14 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-VARIANTS: dict[str, str] = {
-    "fp8 (official, ~27 GB)": "ideogram-ai/ideogram-4-fp8",
-    "bf16 repackage (~54 GB)": "DiffSynth-Studio/ideogram-4-bf16-repackage",
-    "nf4 (~16 GB, CUDA)": "ideogram-ai/ideogram-4-nf4",
-    "local folder": "",
-}
-WEIGHT_FAMILY = {"fp8 (official, ~27 GB)": "fp8", "bf16 repackage (~54 GB)": "bf16", "nf4 (~16 GB, CUDA)": "nf4"}
-
 HOW_TO_GET_WEIGHTS = (
     "No model is loaded. Open the **Model** tab, pick a variant (or a local folder) and press **Load model**, "
     "or start the app with `python app.py --model ideogram-ai/ideogram-4-fp8` (or a local folder; "

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import gradio as gr
 
-from ideogram_app.pipeline.memory import MEMORY_MODES
+from ideogram_app.pipeline.placement import MEMORY_MODES
 
 from .model_slot import ModelSlot
 

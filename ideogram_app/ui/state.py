@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from ideogram_app.pipeline.settings import GenerationSettings
+
 UNDO_LIMIT = 100
 
 
@@ -21,8 +23,8 @@ def empty_caption() -> dict:
 class EditorState:
     caption: dict = field(default_factory=empty_caption)
     selected: int | None = None
-    width: int = 1024
-    height: int = 1024
+    width: int = GenerationSettings.width  # the canvas has the aspect of the size Generate will use
+    height: int = GenerationSettings.height
     background_image: str | None = None
     background_opacity: float = 0.5
     plain_text: str | None = None

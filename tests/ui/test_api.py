@@ -70,7 +70,8 @@ def test_format_caption_bad_inputs(client, args, message):
 
 @pytest.mark.parametrize("width, height, message", [
     (1000, 64, "nearest valid widths are 992 and 1008"),
-    (64, 8, "height 8 is too small"),
+    (64, 8, "height 8 is outside the allowed 64-2048 pixels"),
+    (100000, 100000, "width 100000 is outside the allowed 64-2048 pixels; height 100000 is outside"),
 ])
 def test_bad_sizes_are_explained(client, width, height, message):
     with pytest.raises(AppError, match=message):
@@ -82,14 +83,16 @@ def test_bad_sizes_are_explained(client, width, height, message):
 def test_generate_bad_inputs_then_the_app_still_serves(client):
     caption = json.loads(template_text("logo"))
     caption["compositional_deconstruction"]["elements"][0]["desc"] = "very long words " * 1500
-    with pytest.raises(AppError, match=r"tokens long; the model reads at most 2048"):
+    with pytest.raises(AppError, match=r"prompt is \d+ tokens long .*at most 2048"):
         client.predict(json.dumps(caption), 64, 64, "turbo", 1, 1, api_name="/generate")
     with pytest.raises(AppError, match="line 1, column"):
         client.predict('{"compositional_deconstruction": ', 64, 64, "turbo", 1, 1, api_name="/generate")
     with pytest.raises(AppError, match="preset 'fast' is unknown"):
         client.predict(template_text("logo"), 64, 64, "fast", 1, 1, api_name="/generate")
-    with pytest.raises(AppError, match="num_images is 9"):
+    with pytest.raises(AppError, match="num_images is 9; choose 1 to 8"):
         client.predict(template_text("logo"), 64, 64, "turbo", 1, 9, api_name="/generate")
+    with pytest.raises(AppError, match="seed -5 is outside 0..4294967295; use -1 for a random seed"):
+        client.predict(template_text("logo"), 64, 64, "turbo", -5, 1, api_name="/generate")
     assert client.predict(template_text("logo"), api_name="/format_caption") == template_text("logo").strip()
 
 

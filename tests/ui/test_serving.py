@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from ideogram_app.ui import zerogpu
-from ideogram_app.ui.layout import build_demo
+from ideogram_app.ui.app import build_demo
 from ideogram_app.ui.model_slot import ModelSlot
 from ideogram_app.ui.serving import ServeOptions, launch_kwargs, parse_options, prepare
 from tests.ui.conftest import start_app, stop_app
@@ -70,16 +70,6 @@ def test_on_gpu_uses_spaces_gpu_with_the_duration_estimate(monkeypatch):
     fn = lambda x: x  # noqa: E731
     assert zerogpu.on_gpu(fn, duration=estimate) == ("wrapped", fn)
     assert seen["duration"] is estimate
-
-
-def test_gpu_seconds_grow_with_steps_size_and_count():
-    from ideogram_app.ui.generation import GenerationSettings, gpu_seconds
-
-    base = gpu_seconds(GenerationSettings("default", 1024, 1024))
-    assert gpu_seconds(GenerationSettings("quality", 1024, 1024)) > base
-    assert gpu_seconds(GenerationSettings("default", 2048, 2048)) > base
-    assert gpu_seconds(GenerationSettings("default", 1024, 1024, num_images=2)) > base
-    assert gpu_seconds(GenerationSettings("turbo", 1024, 1024)) < base
 
 
 def test_app_starts_without_weights_and_serves_compose_and_api(tmp_path):

@@ -1,5 +1,6 @@
-"""Every event function of the app, called directly (no browser), with the real caption core and,
-for generation, the real pipeline on the tiny synthetic model."""
+"""Every handler of the Compose & generate tab, called directly (no browser), with the real caption core
+and, for generation, the real pipeline on the tiny synthetic model. Each call also checks that the
+handler returns only the outputs it declares (@emits)."""
 import json
 
 import gradio as gr
@@ -9,11 +10,11 @@ from PIL import Image
 from ideogram_app.caption import load_template, to_json
 from ideogram_app.pipeline.metadata import read_image_metadata
 from ideogram_app.ui import editor
-from ideogram_app.ui.handlers import AppHandlers
 from ideogram_app.ui.model_slot import HOW_TO_GET_WEIGHTS, ModelSlot
 from ideogram_app.ui.state import EditorState
+from ideogram_app.ui.tabs.compose import ComposeTab
 
-TINY = dict(preset="Turbo · 12 steps", width=64, height=48, seed=7, randomize=False, num_images=1,
+TINY = dict(preset="Turbo · 12 steps", width=80, height=64, seed=7, randomize=False, num_images=1,
             input_image=None, strength=1.0)
 
 
@@ -32,12 +33,12 @@ class Progress:
 
 @pytest.fixture
 def handlers():
-    return AppHandlers(ModelSlot())
+    return ComposeTab(ModelSlot())
 
 
 @pytest.fixture
 def tiny_handlers(loaded_slot):
-    return AppHandlers(loaded_slot)
+    return ComposeTab(loaded_slot)
 
 
 def poster_state():
@@ -50,9 +51,9 @@ def canvas_event(data):
 
 def test_page_load_fills_every_view(handlers):
     out = handlers.on_page_load(EditorState())
-    for name in ("canvas", "json", "issues_all", "tokens", "el_type", "hld", "palette", "model_status"):
+    for name in ("canvas", "json", "issues_all", "tokens", "el_type", "hld", "palette"):
         assert name in out
-    assert "No model loaded" in out["model_status"]
+    assert "estimate: no model tokenizer loaded" in out["tokens"]
 
 
 def test_canvas_edit_updates_json_inspector_and_issues(handlers):
@@ -163,7 +164,8 @@ def test_load_template_handler(handlers):
 
 def test_import_and_export_round_trip(handlers, tmp_path):
     state = poster_state()
-    exported = handlers.on_export(state)
+    exported = handlers.on_export(state)["export_file"]
+    assert exported["visible"] is True
     path = exported["value"]
     assert json.loads(open(path, encoding="utf-8").read()) == state.caption
     out = handlers.on_import_file(EditorState(), path)
@@ -178,11 +180,17 @@ def test_size_handlers(handlers):
     out = handlers.on_aspect_preset(EditorState(), "16:9 · 1 MP")
     assert (out["width"], out["height"]) == (1360, 768) and out["canvas"]["aspect"] == pytest.approx(1360 / 768)
     bad = handlers.on_custom_size("width")(EditorState(), 1000)
-    assert "992 and 1008" in bad["size_note"] and "state" not in bad
-    wide = handlers.on_custom_size("width")(EditorState(), 3072)
-    assert wide["canvas"]["aspect"] == pytest.approx(3) and wide["aspect"] == "custom"
-    tall = handlers.on_custom_size("height")(wide["state"], 1536)
-    assert (tall["width"], tall["height"]) == (3072, 1536) and "outside the recommended" in tall["size_note"]
+    assert bad == {"size_note": "**Invalid size:** Width × Height: width 1000 is not a multiple of 16; the nearest valid "
+                                "widths are 992 and 1008"}
+    too_big = handlers.on_custom_size("width")(EditorState(), 3072)
+    assert set(too_big) == {"size_note"} and "Width × Height: width 3072 is outside the allowed 64-2048" in \
+        too_big["size_note"]
+    wide = handlers.on_custom_size("width")(EditorState(), 2048)
+    assert wide["canvas"]["aspect"] == pytest.approx(2) and wide["aspect"] == "custom"
+    flat = handlers.on_custom_size("height")(wide["state"], 128)
+    assert (flat["width"], flat["height"]) == (2048, 128) and flat["state"].height == 128
+    assert "height 128 is outside the recommended" in flat["size_note"] and "aspect ratio 16.00:1" in flat["size_note"]
+    assert "whole number" in handlers.on_custom_size("height")(EditorState(), None)["size_note"]
 
 
 def test_canvas_background_handlers(handlers, tmp_path):
@@ -206,9 +214,24 @@ def test_generate_rejects_an_invalid_caption_before_running(tiny_handlers):
         tiny_handlers.on_generate(state, [], **TINY, request=None, progress=Progress())
 
 
-def test_generate_rejects_a_bad_size(tiny_handlers):
-    with pytest.raises(gr.Error, match="nearest valid widths are 48 and 64"):
-        tiny_handlers.on_generate(poster_state(), [], **{**TINY, "width": 50}, request=None, progress=Progress())
+@pytest.mark.parametrize("change, message", [
+    ({"width": 72}, "Width × Height: width 72 is not a multiple of 16; the nearest valid widths are 64 and 80"),
+    ({"height": 48}, "Width × Height: height 48 is outside the allowed 64-2048 pixels"),
+    ({"seed": -5}, "Seed: seed -5 is outside 0..4294967295; use -1 for a random seed"),
+    ({"num_images": 9}, "Number of images: num_images is 9; choose 1 to 8"),
+    ({"preset": "Fast"}, "Preset: preset 'Fast' is unknown"),
+])
+def test_generate_names_the_control_of_a_bad_setting(tiny_handlers, change, message):
+    with pytest.raises(gr.Error) as err:
+        tiny_handlers.on_generate(poster_state(), [], **{**TINY, **change}, request=None, progress=Progress())
+    assert err.value.message.startswith(message)
+
+
+def test_seed_minus_one_or_the_checkbox_pick_a_random_seed(tiny_handlers):
+    seeds = {tiny_handlers.on_generate(poster_state(), [], **{**TINY, **change},
+                                       request=None, progress=Progress())["seed"]
+             for change in ({"seed": -1}, {"seed": 3, "randomize": True})}
+    assert all(0 <= seed <= 2**32 - 1 for seed in seeds) and 3 not in seeds
 
 
 def test_generate_select_overlay_and_open_in_editor(tiny_handlers, handlers):
@@ -219,10 +242,10 @@ def test_generate_select_overlay_and_open_in_editor(tiny_handlers, handlers):
     assert steps == [(i, 12) for i in range(1, 13)]
     (result,) = out["results"]
     image = Image.open(result["path"])
-    assert image.size == (64, 48)
+    assert image.size == (80, 64)
     assert read_image_metadata(result["path"])["prompt"] == to_json(state.caption)
     assert out["gallery"][0][0] == result["path"] and "seed 7" in out["gallery"][0][1]
-    assert Image.open(out["overlay"]).size == (64, 48)
+    assert Image.open(out["overlay"]).size == (80, 64)
 
     selected = handlers.on_result_select(out["results"], gr.SelectData(None, {"index": 0, "value": None}))
     assert selected["result_settings"]["settings"]["seed"] == 7 and selected["selected_result"] == 0
@@ -230,7 +253,7 @@ def test_generate_select_overlay_and_open_in_editor(tiny_handlers, handlers):
 
     opened = handlers.on_open_result(EditorState(), out["results"], 0)
     assert opened["state"].caption == state.caption
-    assert (opened["width"], opened["height"], opened["seed"]) == (64, 48, 7)
+    assert (opened["width"], opened["height"], opened["seed"]) == (80, 64, 7)
     assert opened["preset"] == "Turbo · 12 steps" and opened["randomize"] is False
 
     from_png = handlers.on_open_png(EditorState(), result["path"])
@@ -244,7 +267,7 @@ def test_img2img_uses_the_input_image(tiny_handlers, tmp_path):
                                     request=None, progress=Progress())
     settings = out["results"][0]["settings"]
     assert settings["img2img"] is True and settings["denoising_strength"] == 0.5
-    with pytest.raises(gr.Error, match="strength 1.5 is outside"):
+    with pytest.raises(gr.Error, match=r"Strength: denoising_strength must be in \(0, 1\]"):
         tiny_handlers.on_generate(poster_state(), [], **{**TINY, "input_image": str(source), "strength": 1.5},
                                   request=None, progress=Progress())
 
@@ -276,45 +299,9 @@ def test_stop_ends_the_run_between_steps(tiny_handlers):
     assert "results" not in out
 
 
-def test_model_panel_handlers(handlers, tiny_repo):
-    assert handlers.on_variant("local folder") == {"model_source": ""}
-    assert handlers.on_variant("nf4 (~16 GB, CUDA)")["model_source"] == "ideogram-ai/ideogram-4-nf4"
-    estimate = handlers.on_estimate("fp8 (official, ~27 GB)", "ideogram-ai/ideogram-4-fp8", "offload", 1024, 1024)
-    assert "GB of GPU memory" in estimate["model_estimate"]
-    local = handlers.on_estimate("local folder", str(tiny_repo), "cpu", 64, 64)
-    assert local["model_estimate"].startswith("Needs CPU only")
-    assert "Cannot estimate" in handlers.on_estimate("local folder", "", "full", 1000, 64)["model_estimate"]
-    with pytest.raises(gr.Error, match="Could not load"):
-        handlers.on_load_model(str(tiny_repo / "missing"), "cpu", progress=Progress())
-    assert "Last load failed" in handlers.on_unload_model()["model_status"]
-
-
-def test_load_model_then_exact_token_count(tiny_repo):
-    handlers = AppHandlers(ModelSlot())
-    state = poster_state()
-    assert "estimate" in handlers.on_refresh_tokens(state)["tokens"]
-    status = handlers.on_load_model(str(tiny_repo), "cpu", progress=Progress())["model_status"]
-    assert "Loaded" in status and "runs on the **CPU**" in status
-    tokens = handlers.on_refresh_tokens(state)["tokens"]
-    count = handlers.slot.loaded.pipe.tokenizer.count(to_json(state.caption))
-    assert tokens.startswith(f"**{count} / 2048 tokens**") and "exact" in tokens
-    assert "No model loaded" in handlers.on_unload_model()["model_status"]
-
-
 def test_two_sessions_do_not_share_state(handlers):
     """gr.State deep-copies its initial value per session; handlers never mutate their input."""
     first = EditorState()
     drawn = handlers.on_canvas_edit(first, canvas_event({"op": "draw", "kind": "obj", "rect": [0, 0, 50, 50],
                                                          "size": [100, 100]}))["state"]
     assert first.elements == [] and len(drawn.elements) == 1
-
-
-def test_stop_signals_are_per_session():
-    from ideogram_app.ui.generation import StopSignals
-
-    signals = StopSignals()
-    a, b = signals.start("a"), signals.start("b")
-    assert signals.stop("a")
-    assert a.is_set() and not b.is_set()
-    signals.finish("a")
-    assert not signals.stop("a")

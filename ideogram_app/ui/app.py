@@ -1,0 +1,55 @@
+"""The app assembled: a header, one gr.Tab per tab module (tabs/), the About page and the public API.
+
+Each tab builds and wires its own components; they share one `Components` registry, so a tab may
+read another's controls by name (the Model tab's memory estimate reads the Compose tab's size) and
+a wrong name fails here, at build time.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from ideogram_app.limits import DEFAULT_LIMITS, Limits
+from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS
+
+from .api import PublicApi
+from .model_slot import ModelSlot
+from .results import output_dir
+from .tabs.compose import ComposeTab
+from .tabs.model import ModelTab
+from .wiring import Components
+
+TITLE = "Ideogram 4 Layout Studio"
+LICENCE_NOTE = (
+    "Licence: the Ideogram 4 weights are released under the **Ideogram 4 Non-Commercial licence**: images are for "
+    "non-commercial use unless you hold a commercial licence from Ideogram. This app's code is separate from the weights."
+)
+ABOUT = f"""
+### About
+Draw a layout, get an Ideogram 4 image. Boxes are stored as `[y_min, x_min, y_max, x_max]` on a 0–1000 grid
+(y relative to the height, x to the width, origin top-left) — the model's own convention. The caption the model
+sees is the canonical compact JSON (`/format_caption`); prompts are limited to {MAX_TEXT_TOKENS} tokens.
+
+### Licence
+{LICENCE_NOTE} Read the licence on the model page before using results.
+
+### API and MCP
+Public endpoints: `/generate`, `/validate_caption`, `/format_caption`, `/render_layout` — see "Use via API" in the
+footer, or call them with `gradio_client`. Start the app with `--mcp` to expose the same four functions as MCP tools
+at `/gradio_api/mcp/`.
+"""
+
+
+def build_demo(slot: ModelSlot, limits: Limits = DEFAULT_LIMITS) -> gr.Blocks:
+    """The whole app for one model slot; every request is checked against `limits`."""
+    gr.set_static_paths([str(output_dir())])
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
+        ui = Components(demo)
+        gr.Markdown(f"# {TITLE}\nDraw boxes, describe them, generate. {LICENCE_NOTE}", elem_id="licence-note")
+        with gr.Tab("Compose & generate"):
+            ComposeTab(slot, limits).build(ui)
+        with gr.Tab("Model"):
+            ModelTab(slot, limits).build(ui)
+        with gr.Tab("About & licence"):
+            gr.Markdown(ABOUT)
+        PublicApi(slot, limits).register()
+    return demo

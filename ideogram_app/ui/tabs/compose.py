@@ -1,0 +1,559 @@
+"""The "Compose & generate" tab: layout canvas, element inspector, scene fields, caption JSON, the
+Generate panel and the session's results.
+
+`ComposeTab.build` lays out and wires the components; the `on_*` methods are the event handlers.
+They translate between widgets and the plain functions that hold the logic (editor.py edits the
+caption, views.py derives what is shown, generation.py builds the request, results.py handles the
+PNGs) and return only what changed, as `{name: value}` (see wiring.py).
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from ideogram_app.caption import list_templates, load_template, to_json
+from ideogram_app.limits import DEFAULT_LIMITS, Limits
+from ideogram_app.pipeline.metadata import NoImageMetadataError, read_image_metadata
+from ideogram_app.pipeline.sampling import GenerationCancelled
+from ideogram_app.pipeline.settings import IMG2IMG_STRENGTH, SettingsError
+from ideogram_app.pipeline.sizes import ASPECT_PRESETS
+
+from .. import editor, views
+from ..canvas import LayoutCanvas
+from ..editor import MEDIUM_CHOICES, CanvasOpError, prompt_text
+from ..generation import (DEFAULTS, PRESET_BY_NAME, PRESET_LABELS, StopSignals, checked_size, describe_problems,
+                          run_generation, settings_from_controls)
+from ..model_slot import ModelNotLoadedError, ModelSlot
+from ..results import gallery_items, overlay_for, result_details, save_results
+from ..state import EditorState
+from ..views import ELEMENT_PALETTE_SLOTS, IMAGE_PALETTE_SLOTS
+from ..wiring import GLUE, GPU, Components, emits
+
+CUSTOM_SIZE = "custom"
+STYLE_FIELD_LABELS = {"photo": "photo (camera, lens, film, framing)", "art": "art_style (technique, school, look)"}
+# The Generate panel's labels, keyed by the GenerationSettings field each control sets, so an error
+# about a field names the control (`size` and `sampler` are the settings' names for combined checks).
+SETTING_LABELS = {"preset": "Preset", "sampler": "Preset", "num_inference_steps": "Preset", "width": "Width",
+                  "height": "Height", "size": "Width × Height", "seed": "Seed", "num_images": "Number of images",
+                  "input_image": "Input image", "denoising_strength": "Strength"}
+
+# Output names. Those of the inspector and the scene are the keys of views.inspector_values and
+# views.scene_values; "el_palette" and "palette" are the rows of colour pickers.
+INSPECTOR = ("el_title", "el_type", "el_text", "el_desc", "el_has_box", "el_palette_count", "el_palette")
+SCENE = ("hld", "background", "style_kind", "aesthetics", "lighting", "photo_or_art", "medium", "palette_count",
+         "palette")
+EDITOR_VIEW = ("state", "canvas", "issues_all", "issues_element", "issues_scene", "tokens", "json", "json_status",
+               *INSPECTOR, *SCENE)
+SIZE_VIEW = ("state", "canvas", "width", "height", "size_note", "aspect")
+RESULT_VIEW = ("selected_result", "result_settings", "overlay")
+GENERATE_VIEW = ("results", "gallery", "seed", "gen_status", *RESULT_VIEW)
+OPEN_VIEW = (*EDITOR_VIEW, "preset", "seed", "randomize", "width", "height", "aspect")
+
+
+def _named(handler, name: str):
+    """Give a handler made by a factory its own name (Gradio shows it; errors cite it)."""
+    handler.__name__ = name
+    handler.__qualname__ = f"ComposeTab.{name}"
+    return handler
+
+
+class ComposeTab:
+    """Handlers bound to the process's model slot, the request limits and this tab's Stop signals."""
+
+    def __init__(self, slot: ModelSlot, limits: Limits = DEFAULT_LIMITS):
+        self.slot = slot
+        self.limits = limits
+        self.stops = StopSignals()
+
+    # ---- layout and wiring -------------------------------------------------------------------
+
+    def build(self, ui: Components) -> None:
+        """Create the tab's components inside the current gr.Tab and wire their events."""
+        el_pickers, scene_pickers = self._layout_editor(ui)
+        self._layout_generate(ui)
+        self._wire_editor(ui, el_pickers, scene_pickers)
+        self._wire_generate(ui)
+
+    def _layout_editor(self, ui: Components) -> tuple[list[str], list[str]]:
+        ui.add("state", gr.State(EditorState()))
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                ui.add("canvas", LayoutCanvas(elem_id="layout-canvas"))
+                with gr.Row():
+                    ui.add("template", gr.Dropdown(list_templates(), label="Template", value=None, scale=3))
+                    ui.add("load_template", gr.Button("Reload template", scale=1))
+                    ui.add("add_obj", gr.Button("+ obj element", scale=1))
+                    ui.add("add_text", gr.Button("+ text element", scale=1))
+                with gr.Accordion("Canvas background (reference or last result)", open=False):
+                    with gr.Row():
+                        ui.add("canvas_bg", gr.Image(label="Reference image", type="filepath", height=160))
+                        with gr.Column():
+                            ui.add("canvas_opacity", gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Opacity"))
+                            ui.add("use_last", gr.Button("Use the last result"))
+                ui.add("json", gr.Textbox(label="Caption JSON (edit or paste; the model receives the compact form)",
+                                          elem_id="caption-json", lines=14, max_lines=28, buttons=["copy"]))
+                ui.add("json_status", gr.Markdown(elem_id="json-status"))
+                with gr.Row():
+                    ui.add("import", gr.UploadButton("Import caption / PNG", file_types=[".json", ".txt", ".png"],
+                                                     type="filepath"))
+                    ui.add("export", gr.Button("Export caption"))
+                    ui.add("undo", gr.Button("Undo"))
+                    ui.add("redo", gr.Button("Redo"))
+                ui.add("export_file", gr.File(label="Exported caption", interactive=False, visible=False))
+            with gr.Column(scale=2):
+                ui.add("tokens", gr.Markdown(elem_id="token-count"))
+                with gr.Accordion("Selected element", open=True):
+                    ui.add("el_title", gr.Markdown())
+                    ui.add("el_type", gr.Radio(["obj", "text"], label="Type", value="obj"))
+                    ui.add("el_text", gr.Textbox(label="Literal text to render (multi-line)", lines=2,
+                                                 elem_id="element-text"))
+                    ui.add("el_desc", gr.Textbox(label="Description", lines=3, elem_id="element-desc"))
+                    ui.add("el_has_box", gr.Checkbox(label="Has a box (off: the model places it)", value=False))
+                    ui.add("el_palette_count", gr.Slider(0, ELEMENT_PALETTE_SLOTS, step=1, value=0,
+                                                         label="Element palette: number of colours"))
+                    with gr.Row():
+                        el_pickers = [ui.add(f"el_color_{i + 1}", gr.ColorPicker(label=f"{i + 1}", visible=False,
+                                                                                 min_width=60))
+                                      for i in range(ELEMENT_PALETTE_SLOTS)]
+                    ui.add("issues_element", gr.Markdown())
+                with gr.Accordion("Scene", open=True):
+                    ui.add("hld", gr.Textbox(label="High-level description", lines=2, elem_id="scene-hld"))
+                    ui.add("background", gr.Textbox(label="Background", lines=2, elem_id="scene-background"))
+                    style_kind = gr.Radio(["none", "photo", "art"], value="none", label="Style block")
+                    with gr.Column(visible=False) as style_box:
+                        ui.add("aesthetics", gr.Textbox(label="aesthetics"))
+                        ui.add("lighting", gr.Textbox(label="lighting"))
+                        photo_or_art = ui.add("photo_or_art", gr.Textbox(label=STYLE_FIELD_LABELS["photo"]))
+                        ui.add("medium", gr.Dropdown(list(MEDIUM_CHOICES), label="medium", allow_custom_value=True))
+                        ui.add("palette_count", gr.Slider(0, IMAGE_PALETTE_SLOTS, step=1, value=0,
+                                                          label="Image palette: number of colours"))
+                        scene_pickers = []
+                        for start in range(0, IMAGE_PALETTE_SLOTS, 8):
+                            with gr.Row():
+                                scene_pickers += [ui.add(f"color_{i + 1}", gr.ColorPicker(
+                                    label=f"{i + 1}", visible=False, min_width=60)) for i in range(start, start + 8)]
+                    ui.add("issues_scene", gr.Markdown())
+                with gr.Accordion("Caption check", open=True):
+                    ui.add("issues_all", gr.Markdown(elem_id="caption-issues"))
+
+        def show_style(kind: str, result: dict) -> dict:
+            label = STYLE_FIELD_LABELS.get(kind, STYLE_FIELD_LABELS["photo"])
+            return {style_kind: kind, style_box: gr.update(visible=kind != "none"), photo_or_art: gr.update(label=label)}
+
+        ui.add("style_kind", style_kind, also=(style_box, photo_or_art), render=show_style)
+        ui.add_view("el_palette", el_pickers, _picker_row(el_pickers, "el_palette_count"))
+        ui.add_view("palette", scene_pickers, _picker_row(scene_pickers, "palette_count"))
+        return ([f"el_color_{i + 1}" for i in range(ELEMENT_PALETTE_SLOTS)],
+                [f"color_{i + 1}" for i in range(IMAGE_PALETTE_SLOTS)])
+
+    def _layout_generate(self, ui: Components) -> None:
+        ui.add("results", gr.State([]))
+        ui.add("selected_result", gr.State(None))
+        default_size = (DEFAULTS["width"], DEFAULTS["height"])
+        gr.Markdown("## Generate")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                ui.add("preset", gr.Dropdown(list(PRESET_LABELS), value=PRESET_BY_NAME[DEFAULTS["preset"]],
+                                             label=SETTING_LABELS["preset"], elem_id="preset"))
+                ui.add("aspect", gr.Dropdown(
+                    list(ASPECT_PRESETS) + [CUSTOM_SIZE], label="Aspect / size preset",
+                    value=next((label for label, size in ASPECT_PRESETS.items() if size == default_size), CUSTOM_SIZE)))
+                with gr.Row():
+                    ui.add("width", gr.Number(DEFAULTS["width"], label=SETTING_LABELS["width"], precision=0, step=16,
+                                              elem_id="width"))
+                    ui.add("height", gr.Number(DEFAULTS["height"], label=SETTING_LABELS["height"], precision=0,
+                                               step=16, elem_id="height"))
+                ui.add("size_note", gr.Markdown(f"{DEFAULTS['width']} × {DEFAULTS['height']} px"))
+                with gr.Row():
+                    ui.add("seed", gr.Number(0, label=SETTING_LABELS["seed"], precision=0, elem_id="seed",
+                                             info="-1 picks a random seed"))
+                    ui.add("randomize", gr.Checkbox(True, label="New random seed each run"))
+                ui.add("num_images", gr.Slider(1, self.limits.max_images, value=DEFAULTS["num_images"], step=1,
+                                               label=SETTING_LABELS["num_images"]))
+                with gr.Accordion("img2img (optional)", open=False):
+                    ui.add("input_image", gr.Image(label=SETTING_LABELS["input_image"], type="filepath", height=160))
+                    ui.add("strength", gr.Slider(0.05, 1.0, value=IMG2IMG_STRENGTH, step=0.05,
+                                                 label=SETTING_LABELS["denoising_strength"],
+                                                 info="1.0 ignores the input image"))
+                with gr.Row():
+                    ui.add("generate", gr.Button("Generate", variant="primary", elem_id="generate-btn"))
+                    ui.add("stop", gr.Button("Stop", variant="stop", elem_id="stop-btn"))
+                ui.add("gen_status", gr.Markdown(elem_id="gen-status"))
+            with gr.Column(scale=3):
+                gallery = gr.Gallery(label="Results", elem_id="gallery", columns=2, height=420, format="png",
+                                     buttons=["download", "fullscreen"])
+                ui.add("gallery", gallery, render=lambda items, result: {
+                    gallery: gr.update(value=items, selected_index=result.get("selected_result"))})
+                with gr.Row():
+                    ui.add("open_result", gr.Button("Open in editor", elem_id="open-in-editor"))
+                    ui.add("open_png", gr.UploadButton("Open a PNG made by this app", file_types=[".png"],
+                                                       type="filepath"))
+                with gr.Row():
+                    ui.add("overlay", gr.Image(label="Placement overlay (boxes over the result)", type="filepath",
+                                               interactive=False, elem_id="overlay"))
+                    ui.add("result_settings", gr.JSON(label="Caption and settings of the selected result"))
+
+    def _wire_editor(self, ui: Components, el_pickers: list[str], scene_pickers: list[str]) -> None:
+        # Text fields listen to `input` (Gradio fires it on key presses) and `blur` (which catches pasted
+        # text, for which Gradio fires no `input`). Never `change`: it also fires for values the app
+        # itself sets, and such echoes, processed after a newer edit, would undo that edit.
+        def on_user_text(name: str, handler, inputs: list[str]) -> None:
+            ui.on([ui[name].input, ui[name].blur], handler, inputs, trigger_mode="always_last", **GLUE)
+
+        ui.on(ui.demo.load, self.on_page_load, ["state"], api_visibility="private", show_progress="hidden")
+        ui.on(ui["canvas"].edit, self.on_canvas_edit, ["state"], trigger_mode="multiple", **GLUE)
+        on_user_text("json", self.on_json_input, ["state", "json"])
+        for field in ("type", "has_box"):
+            ui.on(ui[f"el_{field}"].input, self.on_element_field(field), ["state", f"el_{field}"], **GLUE)
+        for field in ("text", "desc"):
+            on_user_text(f"el_{field}", self.on_element_field(field), ["state", f"el_{field}"])
+        palette_inputs = ["state", "el_palette_count", *el_pickers]
+        ui.on([ui[name].input for name in palette_inputs[1:]], self.on_element_palette, palette_inputs,
+              trigger_mode="always_last", **GLUE)
+        ui.on(ui["add_obj"].click, self.on_add_element("obj"), ["state"], **GLUE)
+        ui.on(ui["add_text"].click, self.on_add_element("text"), ["state"], **GLUE)
+        on_user_text("hld", self.on_high_level_description, ["state", "hld"])
+        on_user_text("background", self.on_background_text, ["state", "background"])
+        ui.on(ui["style_kind"].input, self.on_style_kind, ["state", "style_kind"], **GLUE)
+        for field in ("aesthetics", "lighting", "photo_or_art", "medium"):
+            on_user_text(field, self.on_style_field(field), ["state", field])
+        palette_inputs = ["state", "palette_count", *scene_pickers]
+        ui.on([ui[name].input for name in palette_inputs[1:]], self.on_style_palette, palette_inputs,
+              trigger_mode="always_last", **GLUE)
+        ui.on(ui["undo"].click, self.on_undo, ["state"], **GLUE)
+        ui.on(ui["redo"].click, self.on_redo, ["state"], **GLUE)
+        ui.on([ui["template"].input, ui["load_template"].click], self.on_load_template, ["state", "template"], **GLUE)
+        ui.on(ui["import"].upload, self.on_import_file, ["state", "import"], **GLUE)
+        ui.on(ui["export"].click, self.on_export, ["state"], api_visibility="private", concurrency_limit=None)
+        ui.on(ui["aspect"].input, self.on_aspect_preset, ["state", "aspect"], **GLUE)
+        for side in ("width", "height"):
+            on_user_text(side, self.on_custom_size(side), ["state", side])
+        ui.on([ui["canvas_bg"].upload, ui["canvas_bg"].clear, ui["canvas_opacity"].release], self.on_canvas_background,
+              ["state", "canvas_bg", "canvas_opacity"], **GLUE)
+        ui.on(ui["use_last"].click, self.on_use_last_result, ["state", "results", "canvas_opacity"], **GLUE)
+
+    def _wire_generate(self, ui: Components) -> None:
+        ui.on(ui["generate"].click, self.on_generate,
+              ["state", "results", "preset", "width", "height", "seed", "randomize", "num_images", "input_image",
+               "strength"],
+              api_visibility="private", concurrency_id=GPU, concurrency_limit=1, show_progress_on=[ui["gallery"]])
+        ui.on(ui["stop"].click, self.on_stop, api_visibility="private", concurrency_limit=None, show_progress="hidden")
+        ui.on(ui["gallery"].select, self.on_result_select, ["results"], **GLUE)
+        ui.on(ui["open_result"].click, self.on_open_result, ["state", "results", "selected_result"], **GLUE)
+        ui.on(ui["open_png"].upload, self.on_open_png, ["state", "open_png"], **GLUE)
+
+    # ---- view assembly ---------------------------------------------------------------------
+
+    def editor_view(self, state: EditorState, *, fields: bool = True, json_text: bool = True,
+                    status: str | None = None) -> dict:
+        """Everything the tab derives from `state`."""
+        issues = views.caption_issues(state)
+        element_issues, scene_issues = views.split_issues(state, issues)
+        out = {
+            "state": state,
+            "canvas": views.canvas_value(state, issues),
+            "issues_all": views.issue_summary(issues) if state.plain_text is None else
+            "Plain-text prompt: the verifier checks JSON captions only.",
+            "issues_element": views.issues_markdown(element_issues),
+            "issues_scene": views.issues_markdown(scene_issues),
+            "tokens": views.token_label(prompt_text(state), self.slot.token_counter()),
+        }
+        if json_text:
+            out["json"] = views.json_text(state)
+        if status is not None:
+            out["json_status"] = status
+        if fields:
+            out.update(views.inspector_values(state))
+            out.update(views.scene_values(state))
+        return out
+
+    @emits(*EDITOR_VIEW)
+    def on_page_load(self, state: EditorState) -> dict:
+        return self.editor_view(state)
+
+    # ---- canvas and JSON ---------------------------------------------------------------------
+
+    @emits(*EDITOR_VIEW)
+    def on_canvas_edit(self, state: EditorState, evt: gr.EventData) -> dict:
+        try:
+            new = editor.apply_canvas_op(state, evt._data)
+        except CanvasOpError as err:
+            gr.Warning(str(err))
+            return {}
+        return self.editor_view(new, status="")
+
+    @emits(*EDITOR_VIEW)
+    def on_json_input(self, state: EditorState, text: str) -> dict:
+        result = editor.ingest_json(state, text)
+        if not result.accepted:
+            return {"json_status": result.status + ("\n\n" + views.issues_markdown(result.issues)
+                                                    if result.issues else "")}
+        if result.state is state:
+            return {}
+        return self.editor_view(result.state, json_text=False, status=result.status)
+
+    # ---- inspector and scene fields ------------------------------------------------------------
+
+    def on_element_field(self, field: str):
+        @emits(*EDITOR_VIEW)
+        def handler(state: EditorState, value) -> dict:
+            try:
+                new = editor.set_element_field(state, field, value)
+            except ValueError as err:
+                gr.Warning(str(err))
+                return {}
+            if new is state:
+                return {}
+            return self.editor_view(new, fields=field in ("type", "has_box"))
+        return _named(handler, f"on_element_{field}")
+
+    @emits(*EDITOR_VIEW)
+    def on_element_palette(self, state: EditorState, count, *colors: str) -> dict:
+        new = editor.set_element_field(state, "palette", editor.palette_from_pickers(count, list(colors)))
+        out = self.editor_view(new, fields=False)
+        out["el_palette_count"] = len((new.selected_element() or {}).get("color_palette") or [])
+        out["el_palette"] = views.inspector_values(new)["el_palette"]
+        return out
+
+    def on_add_element(self, kind: str):
+        @emits(*EDITOR_VIEW)
+        def handler(state: EditorState) -> dict:
+            return self.editor_view(editor.add_element(state, kind))
+        return _named(handler, f"on_add_{kind}")
+
+    @emits(*EDITOR_VIEW)
+    def on_high_level_description(self, state: EditorState, text: str) -> dict:
+        new = editor.set_high_level_description(state, text)
+        return {} if new is state else self.editor_view(new, fields=False)
+
+    @emits(*EDITOR_VIEW)
+    def on_background_text(self, state: EditorState, text: str) -> dict:
+        new = editor.set_background(state, text)
+        return {} if new is state else self.editor_view(new, fields=False)
+
+    @emits(*EDITOR_VIEW)
+    def on_style_kind(self, state: EditorState, kind: str) -> dict:
+        new = editor.set_style_kind(state, kind)
+        return {} if new is state else self.editor_view(new)
+
+    def on_style_field(self, field: str):
+        @emits(*EDITOR_VIEW)
+        def handler(state: EditorState, value) -> dict:
+            new = editor.set_style_field(state, field, value)
+            return {} if new is state else self.editor_view(new, fields=False)
+        return _named(handler, f"on_style_{field}")
+
+    @emits(*EDITOR_VIEW)
+    def on_style_palette(self, state: EditorState, count, *colors: str) -> dict:
+        new = editor.set_style_field(state, "palette", editor.palette_from_pickers(count, list(colors)))
+        if new is state:
+            return {}
+        scene = views.scene_values(new)
+        return {**self.editor_view(new, fields=False), "palette": scene["palette"],
+                "palette_count": scene["palette_count"]}
+
+    @emits(*EDITOR_VIEW)
+    def on_undo(self, state: EditorState) -> dict:
+        return self.editor_view(editor.apply_canvas_op(state, {"op": "undo"}))
+
+    @emits(*EDITOR_VIEW)
+    def on_redo(self, state: EditorState) -> dict:
+        return self.editor_view(editor.apply_canvas_op(state, {"op": "redo"}))
+
+    # ---- templates, files, size, background -------------------------------------------------
+
+    @emits(*EDITOR_VIEW)
+    def on_load_template(self, state: EditorState, name: str) -> dict:
+        if name not in list_templates():
+            gr.Warning(f"pick a template first (available: {', '.join(list_templates())})")
+            return {}
+        return self.editor_view(editor.load_caption(state, load_template(name)), status=f"Loaded template {name}.")
+
+    @emits(*OPEN_VIEW)
+    def on_import_file(self, state: EditorState, path: str | None) -> dict:
+        """A caption file (.json/.txt) or a PNG made by this app."""
+        if not path:
+            return {}
+        if Path(path).suffix.lower() in (".png", ".webp", ".jpg", ".jpeg"):
+            return self.on_open_png(state, path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            gr.Warning(f"cannot read {Path(path).name}: {err}")
+            return {}
+        result = editor.ingest_json(state, text)
+        if not result.accepted:
+            gr.Warning(f"{Path(path).name}: {result.status}")
+            return {"json_status": f"{Path(path).name}: {result.status}\n\n" + views.issues_markdown(result.issues)}
+        return self.editor_view(result.state, status=f"Imported {Path(path).name}.")
+
+    @emits("export_file")
+    def on_export(self, state: EditorState) -> dict:
+        """The caption as a canonical .json file (or .txt for plain text) for download."""
+        directory = Path(tempfile.mkdtemp(prefix="ideogram-caption-"))
+        if state.plain_text is not None:
+            path = directory / "prompt.txt"
+            path.write_text(state.plain_text, encoding="utf-8")
+        else:
+            path = directory / "caption.json"
+            path.write_text(to_json(state.caption), encoding="utf-8")
+        return {"export_file": gr.update(value=str(path), visible=True)}
+
+    @emits(*SIZE_VIEW)
+    def on_aspect_preset(self, state: EditorState, label: str) -> dict:
+        if label not in ASPECT_PRESETS:
+            return {}
+        return self._resize(state, *ASPECT_PRESETS[label])
+
+    def on_custom_size(self, side: str):
+        """Width or height typed by the user; one side per event (see editor.set_style_field)."""
+        @emits(*SIZE_VIEW)
+        def handler(state: EditorState, value) -> dict:
+            width, height = (value, state.height) if side == "width" else (state.width, value)
+            if (width, height) == (state.width, state.height):
+                return {}
+            return self._resize(state, width, height, custom=True)
+        return _named(handler, f"on_custom_{side}")
+
+    def _resize(self, state: EditorState, width, height, custom: bool = False) -> dict:
+        try:
+            size = checked_size(width, height, self.limits)
+        except SettingsError as err:
+            return {"size_note": f"**Invalid size:** {describe_problems(err, SETTING_LABELS)}"}
+        new = copy.deepcopy(state)
+        new.width, new.height = size.width, size.height
+        out = {"state": new, "canvas": views.canvas_value(new), "width": size.width, "height": size.height,
+               "size_note": " · ".join(f"**Note:** {n}" for n in size.warnings) or f"{size.width} × {size.height} px"}
+        if custom:
+            out["aspect"] = CUSTOM_SIZE
+        return out
+
+    @emits("state", "canvas")
+    def on_canvas_background(self, state: EditorState, image_path: str | None, opacity: float) -> dict:
+        new = copy.deepcopy(state)
+        new.background_image = image_path or None
+        new.background_opacity = float(opacity)
+        return {"state": new, "canvas": views.canvas_value(new)}
+
+    @emits("state", "canvas")
+    def on_use_last_result(self, state: EditorState, results: list[dict], opacity: float) -> dict:
+        if not results:
+            gr.Warning("no result yet: generate an image first")
+            return {}
+        return self.on_canvas_background(state, results[-1]["path"], opacity)
+
+    # ---- generate ----------------------------------------------------------------------------
+
+    @emits(*GENERATE_VIEW)
+    def on_generate(self, state: EditorState, results: list[dict], preset: str, width, height, seed, randomize: bool,
+                    num_images, input_image: str | None, strength, request: gr.Request,
+                    progress=gr.Progress()) -> dict:
+        """Run the pipeline for this session's caption; results join this session's gallery."""
+        try:
+            pipe = self.slot.require().pipe  # the most basic thing missing is said first
+            settings = settings_from_controls(preset=preset, width=width, height=height, seed=seed,
+                                              randomize=randomize, num_images=num_images, input_image=input_image,
+                                              strength=strength, limits=self.limits)
+            run = pipe.prepare(prompt_text(state), settings)  # caption, token count, input image
+        except SettingsError as err:
+            raise gr.Error(describe_problems(err, SETTING_LABELS), duration=None) from None
+        except (ValueError, ModelNotLoadedError) as err:
+            raise gr.Error(str(err), duration=None) from None
+        for warning in settings.warnings:
+            gr.Warning(warning)
+        session = request.session_hash if request is not None else "local"
+        stop_event = self.stops.start(session)
+        steps_done = {"n": 0}
+
+        def on_step(step: int, total: int) -> None:
+            steps_done["n"] = step
+            progress((step, total), desc=f"denoising step {step}/{total}", unit="steps")
+
+        progress(0, desc="encoding the prompt")
+        try:
+            images = run_generation(pipe, run, on_step=on_step, stop_event=stop_event)
+        except GenerationCancelled:
+            return {"gen_status": f"Stopped after step {steps_done['n']}; nothing was saved.", "seed": settings.seed}
+        except ValueError as err:
+            raise gr.Error(str(err), duration=None) from None
+        finally:
+            self.stops.finish(session)
+        new_results = list(results) + save_results(images)
+        return {"results": new_results, "gallery": gallery_items(new_results), "seed": settings.seed,
+                "gen_status": f"Done: {len(images)} image(s), seed {settings.seed}, {settings.width}×{settings.height}, "
+                              f"{settings.preset}.",
+                **self._result_view(new_results, len(new_results) - 1)}
+
+    @emits()
+    def on_stop(self, request: gr.Request) -> dict:
+        """Signal this session's run. Only toasts here: the run's own handler writes the final status,
+        and a status written by Stop could arrive after it."""
+        if self.stops.stop(request.session_hash if request is not None else "local"):
+            gr.Info("Stopping after the current step…")
+        else:
+            gr.Warning("Nothing is running.")
+        return {}
+
+    @staticmethod
+    def _result_view(results: list[dict], index: int) -> dict:
+        return {"selected_result": index, "result_settings": result_details(results[index]),
+                "overlay": overlay_for(results[index])}
+
+    @emits(*RESULT_VIEW)
+    def on_result_select(self, results: list[dict], evt: gr.SelectData) -> dict:
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        if not 0 <= index < len(results):
+            return {}
+        return self._result_view(results, index)
+
+    @emits(*OPEN_VIEW)
+    def on_open_result(self, state: EditorState, results: list[dict], selected: int | None) -> dict:
+        if selected is None or not 0 <= selected < len(results):
+            gr.Warning("select a result in the gallery first")
+            return {}
+        return self._open_record(state, {"prompt": results[selected]["prompt"],
+                                         "settings": results[selected]["settings"]}, "the selected result")
+
+    @emits(*OPEN_VIEW)
+    def on_open_png(self, state: EditorState, path: str | None) -> dict:
+        if not path:
+            return {}
+        try:
+            record = read_image_metadata(path)
+        except NoImageMetadataError as err:
+            gr.Warning(str(err))
+            return {"json_status": f"**Cannot open:** {err}"}
+        return self._open_record(state, record, Path(path).name)
+
+    def _open_record(self, state: EditorState, record: dict, where: str) -> dict:
+        """Restore caption and generation settings from a result record / PNG metadata."""
+        result = editor.ingest_json(state, record["prompt"])
+        if not result.accepted:
+            gr.Warning(f"{where}: {result.status}")
+            return {}
+        new = result.state
+        settings = record.get("settings", {})
+        width, height = settings.get("width", new.width), settings.get("height", new.height)
+        if isinstance(width, int) and isinstance(height, int):
+            new.width, new.height = width, height
+        out = self.editor_view(new, status=f"Opened {where} in the editor.")
+        if settings.get("preset") in PRESET_BY_NAME:
+            out["preset"] = PRESET_BY_NAME[settings["preset"]]
+        if isinstance(settings.get("seed"), int):
+            out["seed"] = settings["seed"]
+            out["randomize"] = False
+        out.update({"width": new.width, "height": new.height, "aspect": CUSTOM_SIZE})
+        return out
+
+
+def _picker_row(pickers: list, count_name: str):
+    """Render a palette (a list of colours) onto its row of pickers: the first `result[count_name]`
+    are shown, the others hidden (they keep a colour ready for when the count grows)."""
+    def render(colors: list[str], result: dict) -> dict:
+        count = result.get(count_name, 0)
+        return {picker: gr.update(value=color, visible=i < count) for i, (picker, color) in
+                enumerate(zip(pickers, colors))}
+    return render

@@ -1,0 +1,94 @@
+"""The app's requests are `GenerationSettings`: the controls' initial values and the API's defaults
+give the same settings as the command line; labels name the controls; ZeroGPU durations; Stop."""
+import inspect
+
+import gradio as gr
+import pytest
+
+from ideogram_app.generate import build_parser, check_arguments
+from ideogram_app.limits import DEFAULT_LIMITS, Limits
+from ideogram_app.pipeline.settings import GenerationSettings, SettingsError
+from ideogram_app.ui.api import PublicApi
+from ideogram_app.ui.generation import StopSignals, describe_problems, gpu_seconds, settings_from_controls
+from ideogram_app.ui.model_slot import ModelSlot
+from ideogram_app.ui.tabs.compose import SETTING_LABELS, ComposeTab
+from ideogram_app.ui.wiring import Components
+
+CONTROLS = ("preset", "width", "height", "seed", "randomize", "num_images", "input_image", "strength")
+
+
+def compose_controls(limits=DEFAULT_LIMITS) -> dict:
+    with gr.Blocks() as demo:
+        ui = Components(demo)
+        ComposeTab(ModelSlot(), limits).build(ui)
+    return {name: ui[name] for name in CONTROLS}
+
+
+def cli_settings(tmp_path) -> GenerationSettings:
+    args = build_parser().parse_args(["--model", "m", "--caption", "a red apple", "--out", str(tmp_path / "o.png"),
+                                      "--seed", "5"])
+    return check_arguments(args)[1]
+
+
+def test_the_generate_panel_starts_at_the_command_line_defaults(tmp_path):
+    controls = compose_controls()
+    values = {name: component.value for name, component in controls.items()}
+    assert values["randomize"] is True and values["input_image"] is None
+    app = settings_from_controls(**{**values, "seed": 5, "randomize": False}, limits=DEFAULT_LIMITS)
+    assert app == cli_settings(tmp_path)
+    assert app.sampler == GenerationSettings(seed=5).sampler  # the pipeline's default preset, not the app's own
+
+
+def test_the_api_defaults_are_the_command_line_defaults(tmp_path):
+    defaults = {name: p.default for name, p in inspect.signature(PublicApi.generate).parameters.items()
+                if p.default is not p.empty}
+    assert defaults.pop("seed") == -1
+    assert GenerationSettings(**defaults, seed=5) == cli_settings(tmp_path)
+
+
+def test_the_images_slider_follows_the_limits():
+    assert compose_controls()["num_images"].maximum == DEFAULT_LIMITS.max_images
+    assert compose_controls(Limits(max_images=3))["num_images"].maximum == 3
+    with pytest.raises(SettingsError, match="num_images is 4; choose 1 to 3"):
+        settings_from_controls(preset="turbo", width=64, height=64, seed=1, randomize=False, num_images=4,
+                               input_image=None, strength=0.7, limits=Limits(max_images=3))
+
+
+def test_controls_become_settings(tmp_path):
+    image = tmp_path / "in.png"
+    base = dict(preset="Turbo · 12 steps", width=512.0, height=256, seed=3, randomize=False, num_images=2,
+                input_image=None, strength=0.4, limits=DEFAULT_LIMITS)
+    settings = settings_from_controls(**base)
+    assert (settings.preset, settings.width, settings.seeds, settings.denoising_strength) == ("turbo", 512, [3, 4], 1.0)
+    with_image = settings_from_controls(**{**base, "input_image": str(image)})
+    assert with_image.denoising_strength == 0.4 and with_image.input_image == str(image)
+    drawn = {settings_from_controls(**{**base, "randomize": True}).seed for _ in range(3)}
+    drawn |= {settings_from_controls(**{**base, "seed": -1}).seed for _ in range(3)}
+    assert len(drawn) > 1 and all(0 <= seed < 2**32 - 1 for seed in drawn)  # random, room for seed + 1
+    with pytest.raises(SettingsError) as err:
+        settings_from_controls(**{**base, "seed": -2, "width": 8})
+    assert describe_problems(err.value, SETTING_LABELS) == (
+        "Width × Height: width 8 is outside the allowed 64-2048 pixels; "
+        "Seed: seed -2 is outside 0..4294967294; use -1 for a random seed")
+
+
+def test_a_field_without_a_label_keeps_its_name():
+    assert describe_problems(SettingsError([("mu", "mu must be a finite number")]), SETTING_LABELS) == \
+        "mu: mu must be a finite number"
+
+
+def test_gpu_seconds_grow_with_steps_size_and_count():
+    base = gpu_seconds(GenerationSettings(preset="default"))
+    assert gpu_seconds(GenerationSettings(preset="quality")) > base
+    assert gpu_seconds(GenerationSettings(preset="default", width=2048, height=2048)) > base
+    assert gpu_seconds(GenerationSettings(preset="default", num_images=2)) > base
+    assert gpu_seconds(GenerationSettings(preset="turbo")) < base
+
+
+def test_stop_signals_are_per_session():
+    signals = StopSignals()
+    a, b = signals.start("a"), signals.start("b")
+    assert signals.stop("a")
+    assert a.is_set() and not b.is_set()
+    signals.finish("a")
+    assert not signals.stop("a")

@@ -1,0 +1,92 @@
+"""Wiring mistakes fail when the app is built (unknown names, wrong argument counts, undeclared
+outputs), never silently at run time; results become component updates as declared."""
+import gradio as gr
+import pytest
+
+from ideogram_app.ui.app import build_demo
+from ideogram_app.ui.model_slot import ModelSlot
+from ideogram_app.ui.wiring import Components, WiringError, emits
+
+
+@emits("shown")
+def show(text):
+    return {"shown": text.upper()}
+
+
+def small_app(build):
+    with gr.Blocks() as demo:
+        ui = Components(demo)
+        ui.add("text", gr.Textbox())
+        ui.add("shown", gr.Markdown())
+        ui.add("go", gr.Button())
+        build(ui)
+    return demo
+
+
+def test_unknown_input_name_fails_at_build():
+    with pytest.raises(WiringError, match=r"handler show reads 'txet', but no component has that name; known: text"):
+        small_app(lambda ui: ui.on(ui["go"].click, show, ["txet"]))
+
+
+def test_unknown_output_name_fails_at_build():
+    @emits("shown", "sohwn")
+    def typo(text):
+        return {"shown": text}
+
+    with pytest.raises(WiringError, match=r"typo emits 'sohwn', but no component has that name"):
+        small_app(lambda ui: ui.on(ui["go"].click, typo, ["text"]))
+
+
+def test_unknown_component_lookup_and_duplicate_names_fail():
+    with pytest.raises(WiringError, match="no component named 'button'"):
+        small_app(lambda ui: ui["button"])
+    with pytest.raises(WiringError, match="'text' is registered twice"):
+        small_app(lambda ui: ui.add("text", gr.Textbox()))
+
+
+def test_handler_without_declared_outputs_fails_at_build():
+    with pytest.raises(WiringError, match=r"does not declare its outputs; decorate it with @emits"):
+        small_app(lambda ui: ui.on(ui["go"].click, lambda text: {"shown": text}, ["text"]))
+
+
+@pytest.mark.parametrize("inputs", [[], ["text", "shown"]])
+def test_wrong_number_of_inputs_fails_at_build(inputs):
+    with pytest.raises(WiringError, match=r"handler show cannot take its inputs .*Expected 1 arguments"):
+        small_app(lambda ui: ui.on(ui["go"].click, show, inputs))
+
+
+def test_a_result_outside_the_declaration_is_refused_when_returned():
+    @emits("shown")
+    def leaky(text):
+        return {"shown": text, "text": ""}
+
+    with pytest.raises(WiringError, match=r"leaky returned 'text', which it does not declare in @emits \(shown\)"):
+        leaky("x")
+    with pytest.raises(WiringError, match="returned str, not a dict"):
+        emits("shown")(lambda text: text)("x")
+
+
+def test_results_become_updates_and_views_merge_with_plain_outputs():
+    def build(ui):
+        ui.add_view("shown_label", [ui["shown"]], lambda label, result: {ui["shown"]: gr.update(label=label)})
+
+        @emits("shown", "shown_label")
+        def both(text):
+            return {"shown": text, "shown_label": "caption"} if text else {}
+
+        ui.on(ui["go"].click, both, ["text"])
+        ui.on(ui["text"].submit, show, ["text"])
+
+    demo = small_app(build)
+    both, upper = (fn.fn for fn in demo.fns.values())
+    shown = next(block for block in demo.blocks.values() if isinstance(block, gr.Markdown))
+    assert both("hi") == {shown: {"__type__": "update", "value": "hi", "label": "caption"}}
+    assert both("") == {shown: {"__type__": "update"}}  # nothing changed: a skip, not an empty dict
+    assert upper("hi") == {shown: "HI"}
+
+
+def test_the_app_builds_with_every_handler_declared():
+    demo = build_demo(ModelSlot())
+    handlers = {fn.name for fn in demo.fns.values()}
+    assert {"on_canvas_edit", "on_generate", "on_stop", "on_load_model", "on_estimate"} <= handlers
+    assert not any(name == "on_refresh_tokens" for name in handlers)
