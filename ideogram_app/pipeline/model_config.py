@@ -4,7 +4,7 @@ A `ModelConfig` names files either in a repo (`model_id` + `origin_file_pattern`
 `transformer/diffusion_pytorch_model.safetensors`) or on disk (`path`). Each one is assigned a role
 (`transformer`, `unconditional_transformer`, `text_encoder`, `vae`, `tokenizer`) from its folder name;
 a file whose folder says nothing is classified by its safetensors keys, and of two such DiTs the first
-is conditional and the second unconditional (DiffSynth's order rule, spec §9 pitfall 12).
+is conditional and the second unconditional (DiffSynth's order rule; docs/pipeline.md, "Model sources").
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ and its HTTP API all build one (so defaults and messages are the same everywhere
 errors; nothing else re-implements a rule. What needs a model (the caption's token count) or the
 image's bytes (decoding an img2img input) is checked right after, by the pipeline.
 
-How the sampler settings combine (docs/pipeline.md, "Presets and overrides"): every explicit value
+How the sampler settings combine (docs/pipeline.md, "How preset, steps and guidance combine"): every explicit value
 wins over the preset. Steps: `num_inference_steps`, else the length of `guidance_schedule`, else the
 preset's. Guidance: `guidance_schedule` (one entry per step), else a constant `cfg_scale`, else the
 preset's schedule fitted to the step count by `fit_guidance`. mu / std: explicit, else the preset's.
