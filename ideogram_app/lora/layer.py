@@ -1,0 +1,129 @@
+"""`LoraLinear`: LoRA adapters beside any of our linear kinds, unmerged or merged.
+
+The wrapped `base` is an `nn.Linear` (bf16/fp16/fp32), an `Fp8Linear` (weights stay float8 and the
+adapters run in the activation dtype beside its matmul: the base is never re-quantised) or a
+bitsandbytes `Linear4bit` (NF4, CUDA). Output:
+
+    y = base(x) + Σ_i s_i · (alpha_i / r_i) · B_i (A_i x)      for every unmerged adapter i
+
+Unmerged adapters can be stacked, rescaled and removed instantly (a float changes). A merged
+adapter is added into a plain float weight instead (no per-step cost). Merging never subtracts:
+the weight before the first merge is kept (in host memory) and every change rebuilds the merged
+weight from it, so removing the last merged adapter puts back the original tensor bit for bit.
+
+Adapter factors are buffers (non-persistent: the model's state_dict does not change), so moving the
+model or offloading it between devices moves them too.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MERGEABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class LoraAdapter(nn.Module):
+    """One adapter on one layer: A (rank, in), B (out, rank), the file's alpha/rank, the user's scale."""
+
+    def __init__(self, down: torch.Tensor, up: torch.Tensor, factor: float, scale: float, merged: bool):
+        super().__init__()
+        self.register_buffer("down", down, persistent=False)
+        self.register_buffer("up", up, persistent=False)
+        self.factor = factor
+        self.scale = scale
+        self.merged = merged
+
+    @property
+    def weight_scale(self) -> float:
+        return self.scale * self.factor
+
+    def delta(self) -> torch.Tensor:
+        """scale · alpha/rank · B @ A in fp32, for merging."""
+        return (self.up.float() @ self.down.float()) * self.weight_scale
+
+
+def is_mergeable(base: nn.Module) -> bool:
+    """Only plain float weights can take a merge; fp8 and NF4 weights would have to be re-quantised."""
+    return isinstance(base, nn.Linear) and base.weight.dtype in MERGEABLE_DTYPES
+
+
+class LoraLinear(nn.Module):
+    """A linear layer with named LoRA adapters; `base` is the untouched original module."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        self.in_features: int = base.in_features
+        self.out_features: int = base.out_features
+        self.adapters = nn.ModuleDict()
+        self._original: torch.Tensor | None = None  # the base weight before the first merge
+
+    def add(self, name: str, down: torch.Tensor, up: torch.Tensor, factor: float, scale: float, merge: bool, dtype: torch.dtype) -> None:
+        """Attach an adapter; factors are stored in `dtype` (the activation dtype) on the weight's device."""
+        if name in self.adapters:
+            raise ValueError(f"this layer already has an adapter named {name!r}")
+        if merge and not is_mergeable(self.base):
+            raise ValueError(
+                f"cannot merge into {type(self.base).__name__} with {self.base.weight.dtype} weights: fp8 and NF4 "
+                "bases are never re-quantised, load the LoRA unmerged"
+            )
+        device = self.base.weight.device
+        self.adapters[name] = LoraAdapter(down.to(device, dtype), up.to(device, dtype), factor, scale, merge)
+        if merge:
+            self._remerge()
+
+    def set_scale(self, name: str, scale: float) -> None:
+        adapter = self.adapters[name]
+        adapter.scale = scale
+        if adapter.merged:
+            self._remerge()
+
+    def remove(self, name: str) -> None:
+        merged = self.adapters[name].merged
+        del self.adapters[name]
+        if merged:
+            self._remerge()
+
+    def _remerge(self) -> None:
+        """weight = original + Σ merged deltas, computed in fp32 from the kept original."""
+        current = self.base.weight
+        merged = [a for a in self.adapters.values() if a.merged]
+        if not merged:
+            if self._original is not None:
+                original = self._original
+                self._original = None
+                if not (isinstance(original, nn.Parameter) and original.device == current.device):
+                    original = nn.Parameter(original.to(current.device), requires_grad=False)
+                self.base.weight = original
+            return
+        if self._original is None:
+            # On the host the Parameter object itself is kept (no copy); a device weight is copied to the host.
+            self._original = current if current.device.type == "cpu" else current.detach().to("cpu")
+        original = self._original.to(current.device)
+        total = original.float()
+        for adapter in merged:
+            total = total + adapter.delta()
+        weight = total.to(original.dtype)
+        if weight.device.type == "cpu" and current.is_pinned():
+            weight = weight.pin_memory()
+        self.base.weight = nn.Parameter(weight, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        for adapter in self.adapters.values():
+            if adapter.merged or adapter.scale == 0:
+                continue
+            if not y.is_contiguous():
+                y = y.contiguous()
+            h = F.linear(x.to(adapter.down.dtype), adapter.down)
+            # y += s · h Bᵀ in one fused GEMM, without a second output-sized buffer.
+            y.view(-1, self.out_features).addmm_(
+                h.reshape(-1, h.shape[-1]).to(y.dtype), adapter.up.t().to(y.dtype), alpha=adapter.weight_scale
+            )
+        return y
+
+    def extra_repr(self) -> str:
+        parts = [f"{name}: rank {a.down.shape[0]}, scale {a.scale:g}{', merged' if a.merged else ''}" for name, a in self.adapters.items()]
+        return "; ".join(parts)
+
