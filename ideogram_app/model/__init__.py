@@ -1,1 +1,1 @@
-"""Native PyTorch implementation of the Ideogram 4 components (DiT, FLUX.2 VAE, text features)."""
+"""Native PyTorch modules of Ideogram 4 (DiT, FLUX.2 VAE, text features); loading lives in `ideogram_app.loading`."""

@@ -1,13 +1,13 @@
 """FLUX.2 KL autoencoder, native PyTorch, with diffusers' `AutoencoderKLFlux2` parameter names.
 
-Every Ideogram 4 repo ships its VAE in the diffusers key layout (spec §1.2, §6.1), so the module tree
-below mirrors that layout name for name and the checkpoint loads with no renaming. The latent space is
-32 channels at 1/8 resolution; Ideogram's own normalisation lives in `latents.py`, not in `bn`.
+Every Ideogram 4 repo ships its VAE in the diffusers key layout (docs/model-vae-text.md, "Checkpoint
+layouts and loading"), so the module tree below mirrors that layout name for name and the checkpoint
+loads with no renaming (`ideogram_app/loading/vae.py`). The latent space is 32 channels at 1/8
+resolution; Ideogram's own normalisation lives in `latents.py`, not in `bn`.
 """
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,10 @@ NORM_EPS = 1e-6  # every GroupNorm of the FLUX.2 VAE (encoder, decoder, mid-bloc
 
 @dataclass(frozen=True)
 class Flux2VAEConfig:
-    """The `AutoencoderKLFlux2` config fields that shape the network (defaults: the released VAE)."""
+    """The `AutoencoderKLFlux2` config fields that shape the network (defaults: the released VAE).
+
+    Read from a diffusers `vae/config.json` by `ideogram_app/loading/vae.py`.
+    """
 
     in_channels: int = 3
     out_channels: int = 3
@@ -32,32 +35,6 @@ class Flux2VAEConfig:
     use_post_quant_conv: bool = True
     batch_norm_eps: float = 1e-4
     patch_size: tuple[int, int] = (2, 2)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> "Flux2VAEConfig":
-        """Build from a diffusers `vae/config.json`; rejects block types this module does not implement."""
-        for key, expected in (
-            ("down_block_types", "DownEncoderBlock2D"),
-            ("up_block_types", "UpDecoderBlock2D"),
-        ):
-            unsupported = [t for t in raw.get(key, ()) if t != expected]
-            if unsupported:
-                raise ValueError(f"{source}: {key} has {unsupported[0]!r}; only {expected!r} is supported")
-        if raw.get("act_fn", "silu") != "silu":
-            raise ValueError(f"{source}: act_fn is {raw['act_fn']!r}; the FLUX.2 VAE uses 'silu'")
-        values = {}
-        for field in fields(cls):
-            if field.name in raw and raw[field.name] is not None:
-                value = raw[field.name]
-                values[field.name] = tuple(value) if isinstance(value, list) else value
-        config = cls(**values)
-        levels = len(config.block_out_channels)
-        for key in ("down_block_types", "up_block_types"):
-            if key in raw and len(raw[key]) != levels:
-                raise ValueError(
-                    f"{source}: {key} has {len(raw[key])} entries but block_out_channels has {levels}"
-                )
-        return config
 
 
 class ResnetBlock(nn.Module):
@@ -246,7 +223,7 @@ class Flux2VAE(nn.Module):
             else nn.Identity()
         )
         # Stored in every checkpoint, deliberately unused: Ideogram normalises with fixed constants
-        # (spec pitfall 8). Kept as a module so the file loads strictly, key for key.
+        # (latents.py; docs/model-vae-text.md says why). Kept as a module so the file loads strictly.
         self.bn = nn.BatchNorm2d(
             math.prod(config.patch_size) * config.latent_channels, eps=config.batch_norm_eps, affine=False
         )

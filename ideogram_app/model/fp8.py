@@ -3,13 +3,11 @@
 Storage: `<name>.weight` float8_e4m3fn [out, in] and `<name>.weight_scale` float32 [out] (one scale per
 output row), optional `<name>.bias`. The true weight is `weight.float() * weight_scale[:, None]`.
 There is no FP8 matmul here: the weight is widened to the activation dtype and an ordinary GEMM runs,
-which works on every device. Two ways to use it:
+which works on every device. Two ways to use it, chosen by `ideogram_app/loading/conversion.py`:
 - keep `Fp8Linear` modules (half the memory of bf16, a dequantise per forward), or
-- `dequantize_fp8(weight, scale, dtype)` once at load into a plain `nn.Linear` (faster per step).
+- `dequantize_fp8(weight, scale, dtype)` once into a plain `nn.Linear` (faster per step).
 """
 from __future__ import annotations
-
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -68,24 +66,3 @@ class Fp8Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8_e4m3"
 
-
-def fp8_linear_names(keys: Iterable[str]) -> set[str]:
-    """Module names that carry an fp8 scale, i.e. `X` for every stored `X.weight_scale`."""
-    return {key[: -len(".weight_scale")] for key in keys if key.endswith(".weight_scale")}
-
-
-def swap_linears_for_fp8(module: nn.Module, names: Iterable[str]) -> nn.Module:
-    """Replace the `nn.Linear` submodules named in `names` by `Fp8Linear` shells (in place, same device).
-
-    Typical use: build the model on the meta device, swap the Linears named by
-    `fp8_linear_names(header)`, then stream the checkpoint in with `assign_state_dict`.
-    """
-    for name in sorted(set(names)):
-        parent_name, _, child_name = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        linear = getattr(parent, child_name, None)
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"{name!r} is an fp8 layer in the checkpoint but {type(linear).__name__} in {type(module).__name__}, not nn.Linear")
-        bias_dtype = linear.bias.dtype if linear.bias is not None else torch.bfloat16
-        setattr(parent, child_name, Fp8Linear(linear.in_features, linear.out_features, linear.bias is not None, linear.weight.device, bias_dtype))
-    return module

@@ -2,10 +2,10 @@
 
 Parameter names are the official fused layout (`attention.qkv`, `attention.o`, …), so the official
 fp8/nf4 files and the bf16 repackage load without renaming; diffusers' split keys are converted at load
-(`checkpoint_layout.py`). Semantics follow the spec: t = 0 is noise, t = 1 is data, the output is the
-velocity x_data − ε in t-time, fp32, shape of `x`.
+(`ideogram_app/loading/checkpoint_layout.py`). Semantics (docs/model-dit.md): t = 0 is noise, t = 1 is
+data, the output is the velocity x_data − ε in t-time, fp32, shape of `x`.
 
-Performance choices (see docs/performance.md §9):
+Performance choices (docs/model-dit.md, "Performance choices"):
 - no attention mask when every row is one segment (a dense bool mask makes SDPA ~3x slower);
 - text features normalised and projected only on the text rows, once per prompt (`project_text`),
   and reusable across steps through `text_hidden=`;
@@ -14,9 +14,7 @@ Performance choices (see docs/performance.md §9):
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +23,14 @@ from torch import nn
 from ideogram_app.model.rope import apply_rope, mrope_cos_sin
 from ideogram_app.model.token_layout import LLM_TOKEN_INDICATOR, OUTPUT_IMAGE_INDICATOR
 
-# diffusers' config.json field → official dataclass field.
-_DIFFUSERS_NAMES = {"adaln_dim": "adanln_dim", "num_attention_heads": "num_heads"}
-
 
 @dataclass
 class Ideogram4Config:
-    """Hyper-parameters, with the official dataclass field names and the released values as defaults."""
+    """Hyper-parameters, with the official dataclass field names and the released values as defaults.
+
+    `norm_eps` is the eps of every RMSNorm inside the blocks, the per-head QK norms included; the
+    text-feature RMSNorm and the final LayerNorm use fixed 1e-6 (docs/model-dit.md, "Norm epsilons").
+    """
 
     in_channels: int = 128
     num_layers: int = 34
@@ -62,54 +61,6 @@ class Ideogram4Config:
     def head_dim(self) -> int:
         return self.emb_dim // self.num_heads
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Ideogram4Config":
-        """Read official names (`emb_dim`, `num_heads`, `adanln_dim`) or diffusers names
-        (`attention_head_dim`, `num_attention_heads`, `adaln_dim`); other keys (`_class_name`,
-        `quantization_config`, …) are ignored."""
-        known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            key = _DIFFUSERS_NAMES.get(key, key)
-            if key in known:
-                values[key] = value
-        if "attention_head_dim" in data and "emb_dim" not in values:
-            values["emb_dim"] = int(data["attention_head_dim"]) * int(values.get("num_heads", cls.num_heads))
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["mrope_section"] = list(self.mrope_section)
-        return data
-
-    @classmethod
-    def from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> "Ideogram4Config":
-        """Infer the shape-bearing fields from a checkpoint's tensor shapes (either key naming; fp8,
-        nf4 or plain). `rope_theta`, `mrope_section` and `norm_eps` are not in any shape: they keep the
-        released values, which only fit a head dim of 256 — tiny/other models must ship a config.json."""
-        def need(key: str) -> tuple[int, ...]:
-            if key not in shapes:
-                raise ValueError(f"cannot infer the DiT config: checkpoint has no {key!r}")
-            return shapes[key]
-
-        emb_dim = need("embed_image_indicator.weight")[1]
-        head_dim = need("layers.0.attention.norm_q.weight")[0]
-        layer_ids = {int(m.group(1)) for k in shapes if (m := re.match(r"layers\.(\d+)\.", k))}
-        w2 = "layers.0.feed_forward.w2.weight"
-        if w2 + ".quant_state.bitsandbytes__nf4" in shapes:  # packed 4-bit: [out·in/2, 1]
-            intermediate = need(w2)[0] * 2 // emb_dim
-        else:
-            intermediate = need(w2)[1]
-        return cls(
-            in_channels=need("final_layer.linear.bias")[0],
-            num_layers=len(layer_ids),
-            emb_dim=emb_dim,
-            num_heads=emb_dim // head_dim,
-            intermediate_size=intermediate,
-            adanln_dim=need("adaln_proj.bias")[0],
-            llm_features_dim=need("llm_cond_norm.weight")[0],
-        )
-
 
 class TimestepEmbedding(nn.Module):
     """Sinusoid of 1e4·t (sine half first, last frequency 1e-4) → Linear → SiLU → Linear."""
@@ -133,14 +84,14 @@ class TimestepEmbedding(nn.Module):
 class Attention(nn.Module):
     """Fused-qkv self-attention with per-head QK RMSNorm and MRoPE."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.o = nn.Linear(dim, dim, bias=False)
-        self.norm_q = nn.RMSNorm(self.head_dim, eps=1e-5)
-        self.norm_k = nn.RMSNorm(self.head_dim, eps=1e-5)
+        self.norm_q = nn.RMSNorm(self.head_dim, eps=eps)
+        self.norm_k = nn.RMSNorm(self.head_dim, eps=eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, length, _ = x.shape
@@ -170,7 +121,7 @@ class Block(nn.Module):
     def __init__(self, cfg: Ideogram4Config):
         super().__init__()
         d = cfg.emb_dim
-        self.attention = Attention(d, cfg.num_heads)
+        self.attention = Attention(d, cfg.num_heads, cfg.norm_eps)
         self.feed_forward = FeedForward(d, cfg.intermediate_size)
         self.attention_norm1 = nn.RMSNorm(d, eps=cfg.norm_eps)
         self.attention_norm2 = nn.RMSNorm(d, eps=cfg.norm_eps)

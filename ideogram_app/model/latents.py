@@ -3,7 +3,7 @@
 The DiT sees the FLUX.2 VAE latent (B, 32, H/8, W/8) as a (H/16)x(W/16) row-major grid of
 128-channel tokens, channel = (2p + q) * 32 + c, with p the row and q the column offset inside the
 2x2 patch (this is NOT FLUX.2's own (c, p, q) packing). Tokens are normalised with Ideogram's
-hard-coded per-channel constants, never with the VAE's `bn` buffers (spec §6.3, pitfall 8).
+hard-coded per-channel constants, never with the VAE's `bn` buffers (docs/model-vae-text.md, "Latents").
 """
 
 import torch
@@ -12,7 +12,7 @@ LATENT_CHANNELS = 32
 PATCH = 2
 TOKEN_CHANNELS = LATENT_CHANNELS * PATCH * PATCH
 
-# Spec Appendix A, in token channel order (2p + q) * 32 + c.
+# The official per-channel constants (docs/model-vae-text.md, "Latents"), in token channel order (2p + q) * 32 + c.
 LATENT_SHIFT = (
     0.01984364, 0.10149707, 0.29689495, 0.27188619, -0.21445648, -0.15979549, 0.05021099, -0.15083604,
     -0.15360136, -0.20131799, 0.01922352, 0.0622626, 0.10140969, -0.06739428, 0.3758261, -0.233712,

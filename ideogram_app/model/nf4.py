@@ -4,10 +4,9 @@ Stored per Linear `X`: `X.weight` packed uint8 [out·in/2, 1], `X.weight.absmax`
 `X.weight.quant_map` [16] and `X.weight.quant_state.bitsandbytes__nf4` (uint8 bytes of a JSON dict
 with quant_type, blocksize, dtype and shape) — bitsandbytes' own `Linear4bit` serialisation. The
 packed data is handed to `Params4bit.from_prequantized` unchanged; bitsandbytes does the matmuls.
+The key layout (and the split q/k/v → fused conversion) lives in `ideogram_app/loading/checkpoint_layout.py`.
 """
 from __future__ import annotations
-
-import json
 
 import torch
 from torch import nn
@@ -24,13 +23,6 @@ def require_nf4_support(device: torch.device, where: str) -> None:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise RuntimeError(f"{where} holds bitsandbytes NF4 weights: install bitsandbytes (pip install 'bitsandbytes>=0.45')") from None
-
-
-def widen_nf4_quant_state(packed_json: torch.Tensor, factor: int) -> torch.Tensor:
-    """Quant-state bytes of a row concatenation of `factor` equal parts (split q/k/v → fused qkv)."""
-    meta = json.loads(bytes(packed_json.tolist()).decode("utf-8"))
-    meta["shape"] = [meta["shape"][0] * factor, *meta["shape"][1:]]
-    return torch.tensor(list(json.dumps(meta).encode("utf-8")), dtype=torch.uint8)
 
 
 def nf4_linear(

@@ -2,8 +2,8 @@
 
 The prompt goes through the shipped chat template as one user turn holding one text part, with the
 generation prompt appended; the rendered string is tokenized with `add_special_tokens=False`
-(spec §5.2). This is also the UI's exact token counter, so the 2048-token limit is checked here,
-before any model work.
+(docs/model-vae-text.md, "Text features"). This is also the UI's exact token counter, so the
+2048-token limit is checked here, before any model work.
 """
 
 from pathlib import Path

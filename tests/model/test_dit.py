@@ -1,4 +1,5 @@
-"""Ideogram4Config parsing/inference, MRoPE (interleave rule, fp32 under autocast), t rounding."""
+"""Ideogram4Config checks, the released parameter count, MRoPE (interleave rule, fp32 under autocast), t rounding.
+Config parsing and shape inference are the loader's: tests/loading/test_dit.py."""
 import pytest
 import torch
 
@@ -9,32 +10,11 @@ from ideogram_app.model.token_layout import IMAGE_POSITION_OFFSET, build_token_l
 RELEASED = Ideogram4Config()
 
 
-def test_released_config_from_both_naming_schemes():
-    diffusers = {"_class_name": "Ideogram4Transformer2DModel", "in_channels": 128, "num_layers": 34,
-                 "attention_head_dim": 256, "num_attention_heads": 18, "intermediate_size": 12288,
-                 "adaln_dim": 512, "llm_features_dim": 53248, "rope_theta": 5000000,
-                 "mrope_section": [24, 20, 20], "norm_eps": 1e-5, "quantization_config": {"load_in_4bit": True}}
-    official = {"emb_dim": 4608, "num_layers": 34, "num_heads": 18, "intermediate_size": 12288, "adanln_dim": 512,
-                "in_channels": 128, "llm_features_dim": 53248, "rope_theta": 5000000,
-                "mrope_section": (24, 20, 20), "norm_eps": 1e-5}
-    assert Ideogram4Config.from_dict(diffusers) == Ideogram4Config.from_dict(official) == RELEASED
-    assert RELEASED.head_dim == 256
-
-
 def test_parameter_count_of_the_released_shape_is_the_spec_total():
     with torch.device("meta"):
         model = Ideogram4DiT(RELEASED)
     assert sum(p.numel() for p in model.parameters()) == 9_279_288_448
     assert len(model.state_dict()) == 458
-
-
-def test_config_inferred_from_released_shapes():
-    with torch.device("meta"):
-        model = Ideogram4DiT(RELEASED)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert Ideogram4Config.from_shapes(shapes) == RELEASED
-    with pytest.raises(ValueError, match="no 'adaln_proj.bias'"):
-        Ideogram4Config.from_shapes({k: v for k, v in shapes.items() if k != "adaln_proj.bias"})
 
 
 def test_config_rejects_mrope_wider_than_the_head():

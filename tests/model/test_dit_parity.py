@@ -5,7 +5,7 @@ import torch
 from diffusers import Ideogram4Transformer2DModel
 from safetensors.torch import load_file
 
-from ideogram_app.model.dit_loading import load_transformer
+from ideogram_app.loading.dit import load_transformer
 from ideogram_app.model.ideogram4_dit import segment_attention_mask
 from ideogram_app.model.token_layout import build_token_layout
 from tests.fixtures.tiny_dit import TINY_DIT_SIZES, to_split_keys, write_tiny_dit

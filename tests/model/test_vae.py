@@ -1,15 +1,13 @@
-"""FLUX.2 VAE: parity with diffusers' AutoencoderKLFlux2 on the same file, loading paths, tiled decode."""
-
-import json
+"""FLUX.2 VAE: parity with diffusers' AutoencoderKLFlux2 on the same file, tiled decode, the released
+layout. Loading paths, config reading and file errors: tests/loading/test_vae.py."""
 
 import pytest
 import torch
 from diffusers import AutoencoderKLFlux2
-from safetensors.torch import load_file, save_file
 
+from ideogram_app.loading.vae import load_vae
 from ideogram_app.model.flux2_vae import Flux2VAE, Flux2VAEConfig
-from ideogram_app.model.vae_loading import load_vae
-from tests.fixtures.tiny_vae import TINY_VAE_CONFIG, tiny_vae_state_dict, write_tiny_vae
+from tests.fixtures.tiny_vae import write_tiny_vae
 
 
 @pytest.fixture(scope="module")
@@ -49,58 +47,6 @@ def test_decode_matches_diffusers(ours, reference, latent):
     assert images.shape == (1, 3, 96, 160)
     assert expected.abs().max() > 0.1
     assert (images - expected).abs().max() <= 1e-5
-
-
-def test_checkpoint_loads_key_for_key_including_unused_bn(vae_folder, ours):
-    stored = load_file(str(vae_folder / "diffusion_pytorch_model.safetensors"))
-    state = ours.state_dict()
-    assert set(state) == set(stored)
-    for name in ("bn.running_mean", "decoder.up_blocks.2.resnets.0.conv_shortcut.weight", "quant_conv.weight"):
-        assert torch.equal(state[name], stored[name].float())
-
-
-def test_component_folder_and_file_with_config_load_the_same_weights(vae_folder, ours, latent):
-    from_folder = load_vae(vae_folder, dtype=torch.float32)
-    from_file = load_vae(
-        vae_folder / "diffusion_pytorch_model.safetensors", dtype=torch.float32, config=TINY_VAE_CONFIG
-    )
-    with torch.no_grad():
-        expected = ours.decode(latent)
-        assert torch.equal(from_folder.decode(latent), expected)
-        assert torch.equal(from_file.decode(latent), expected)
-
-
-def test_loads_in_the_requested_dtype(vae_folder):
-    vae = load_vae(vae_folder, dtype=torch.bfloat16)
-    assert {p.dtype for p in vae.parameters()} == {torch.bfloat16}
-    assert not any(p.requires_grad for p in vae.parameters())
-    assert vae.bn.num_batches_tracked.dtype == torch.int64
-
-
-def test_config_is_read_from_config_json(tmp_path):
-    # Same key set as the tiny weights, half the widths: only a loader that reads config.json fails.
-    config = dict(TINY_VAE_CONFIG, block_out_channels=[8, 8, 16, 16], norm_num_groups=4)
-    folder = tmp_path / "vae"
-    folder.mkdir()
-    save_file(tiny_vae_state_dict(), str(folder / "diffusion_pytorch_model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"'decoder\.conv_in\.bias' has shape \(32,\), model expects \(16,\)"):
-        load_vae(tmp_path)
-
-
-def test_missing_tensor_is_named(tmp_path):
-    state = load_file(str(write_tiny_vae(tmp_path / "src") / "diffusion_pytorch_model.safetensors"))
-    del state["decoder.conv_out.bias"]
-    broken = tmp_path / "broken.safetensors"
-    save_file(state, str(broken))
-    with pytest.raises(ValueError, match=r"missing keys \['decoder\.conv_out\.bias'\]"):
-        load_vae(broken, config=TINY_VAE_CONFIG)
-
-
-def test_unsupported_block_type_is_rejected_with_the_file(tmp_path):
-    raw = dict(TINY_VAE_CONFIG, up_block_types=["UpDecoderBlock2D"] * 3 + ["AttnUpDecoderBlock2D"])
-    with pytest.raises(ValueError, match=r"cfg\.json: up_block_types has 'AttnUpDecoderBlock2D'"):
-        Flux2VAEConfig.from_dict(raw, source="cfg.json")
 
 
 def test_tiled_decode_with_one_tile_is_the_plain_decode(ours, latent):

@@ -87,7 +87,8 @@ def test_real_sizes_fit_the_memory_estimate(tiny_repos, memory):
     from ideogram_app.model.flux2_vae import Flux2VAE, Flux2VAEConfig
     from ideogram_app.model.ideogram4_dit import Ideogram4Config, Ideogram4DiT
     from ideogram_app.model.prompt_tokenizer import PromptTokenizer
-    from ideogram_app.model.text_encoder import QWEN3_VL_8B_TEXT_CONFIG, Ideogram4TextEncoder
+    from ideogram_app.loading.text_encoder import QWEN3_VL_8B_TEXT_CONFIG
+    from ideogram_app.model.text_encoder import Ideogram4TextEncoder
     from ideogram_app.pipeline.estimate import estimate_memory
     from ideogram_app.pipeline.placement import MemoryPlan
 

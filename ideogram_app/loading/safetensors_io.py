@@ -1,16 +1,15 @@
-"""Header-only inspection and bounded-memory streaming of safetensors checkpoints.
+"""Safetensors files without `safetensors.torch`: headers, which files make a component, one tensor at a time.
 
 Why not `safetensors.torch.load_file`: it memory-maps the file, and every page it touches stays in the
 process's resident set on top of the copies it returns, so a 9 B model would briefly need two copies in
 host RAM. Here each tensor is read with plain `readinto` into its final CPU buffer (page cache is not
-part of RSS), converted to the target device/dtype, and assigned into a module that was built on the
-meta device. Peak host memory is the model's bytes on the target plus one tensor in flight.
+part of RSS); `streaming.py` converts it and hands it to a model built on the meta device. Peak host
+memory is the model's bytes on the target plus one tensor in flight.
 
-Public API:
 - `TensorInfo`, `read_header(file)`, `read_headers(files)` — names, dtypes and shapes, no data read.
 - `resolve_safetensors(path, subfolder)` — repo folder / component folder / file / shard index → files.
-- `iter_tensors(infos, names=None, transient=None)` — yields `(name, cpu_tensor)` one at a time.
-- `assign_state_dict(module, state)` — strict `load_state_dict(assign=True)` with a precise error.
+- `describe_files(files)` — how error messages name what was loaded.
+- `read_tensor(info)`, `iter_tensors(infos, names=None, transient=None)` — tensors in their stored dtype.
 """
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
-from torch import nn
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -126,6 +124,11 @@ def resolve_safetensors(path: str | Path, subfolder: str | None = None) -> list[
     raise FileNotFoundError(f"no .safetensors file found in {where}")
 
 
+def describe_files(files: list[Path]) -> str:
+    """The file, or the folder and shard count, as error messages name a component."""
+    return str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} shards)"
+
+
 def read_tensor(info: TensorInfo, handle=None, buffer: torch.Tensor | None = None) -> torch.Tensor:
     """Read one tensor into CPU memory with plain reads (no mmap), in its stored dtype.
 
@@ -175,21 +178,3 @@ def iter_tensors(
         for handle in handles.values():
             handle.close()
 
-
-def assign_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str = "checkpoint") -> None:
-    """Strictly assign `state` into a (meta-initialised) module; the tensors become the parameters."""
-    current = module.state_dict(keep_vars=True)
-    expected = set(current)
-    missing = sorted(expected - state.keys())
-    unexpected = sorted(state.keys() - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{where}: state dict does not match {type(module).__name__}: "
-            f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''} ({len(missing)} total), "
-            f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''} ({len(unexpected)} total)"
-        )
-    for name, tensor in state.items():
-        target = current[name]
-        if tuple(target.shape) != tuple(tensor.shape):
-            raise ValueError(f"{where}: tensor {name!r} has shape {tuple(tensor.shape)}, model expects {tuple(target.shape)}")
-    module.load_state_dict(state, strict=True, assign=True)

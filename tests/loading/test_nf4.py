@@ -1,7 +1,7 @@
 """NF4 (bitsandbytes) checkpoints: a real bnb serialisation round-trips through load_transformer.
 
 Needs CUDA and bitsandbytes; marked `gpu` and skipped elsewhere. The CPU refusal is tested in
-test_dit_loading.py. Run on the GPU machine:  python -m pytest tests/model/test_nf4.py -m gpu -q
+test_dit.py. Run on the GPU machine:  python -m pytest tests/loading/test_nf4.py -m gpu -q
 """
 import json
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ideogram_app.model.dit_loading import load_transformer
+from ideogram_app.loading.dit import load_transformer
 from ideogram_app.model.token_layout import build_token_layout
 from tests.fixtures.tiny_dit import DIT_FILE, linear_names, tiny_dit_state_dict, write_tiny_dit
 
