@@ -7,8 +7,8 @@ or bitsandbytes *nf4* (packed uint8 + `absmax`/`quant_map`/`quant_state.bitsandb
 q/k/v are row slices 0:d, d:2d, 2d:3d of the fused `qkv`, so conversion is a row concatenation in
 q, k, v order (for fp8 scales and nf4 blocks too, since 64-blocks never straddle rows).
 
-Text encoder (docs/model-vae-text.md, same section): a transformers `Qwen3VLModel` state dict with no
-prefix; only `language_model.*` is ours, `visual.*` is skipped.
+Text encoder (docs/model-vae-text.md, "Checkpoint layouts and loading"): a transformers
+`Qwen3VLModel` state dict with no prefix; only `language_model.*` is ours, `visual.*` is skipped.
 """
 from __future__ import annotations
 

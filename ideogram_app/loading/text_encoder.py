@@ -20,8 +20,8 @@ from ideogram_app.loading.streaming import Target, assign_state_dict, stream_sta
 from ideogram_app.model.prompt_tokenizer import PromptTokenizer
 from ideogram_app.model.text_encoder import Ideogram4TextEncoder
 
-# The Qwen3-VL-8B-Instruct text model (docs/model-vae-text.md, "Checkpoint layouts and loading"), for
-# a `text_encoder/` shipped without config.json (the bf16 repackage).
+# The Qwen3-VL-8B-Instruct text model (docs/model-vae-text.md, "The Qwen3-VL text model and its
+# files"), for a `text_encoder/` shipped without config.json (the bf16 repackage).
 QWEN3_VL_8B_TEXT_CONFIG = {
     "vocab_size": 151936,
     "hidden_size": 4096,

@@ -223,7 +223,7 @@ class Flux2VAE(nn.Module):
             else nn.Identity()
         )
         # Stored in every checkpoint, deliberately unused: Ideogram normalises with fixed constants
-        # (latents.py; docs/model-vae-text.md says why). Kept as a module so the file loads strictly.
+        # (latents.py; docs/model-vae-text.md, "Latents", says why). Kept so the file loads strictly.
         self.bn = nn.BatchNorm2d(
             math.prod(config.patch_size) * config.latent_channels, eps=config.batch_norm_eps, affine=False
         )

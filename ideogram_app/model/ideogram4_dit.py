@@ -2,8 +2,9 @@
 
 Parameter names are the official fused layout (`attention.qkv`, `attention.o`, …), so the official
 fp8/nf4 files and the bf16 repackage load without renaming; diffusers' split keys are converted at load
-(`ideogram_app/loading/checkpoint_layout.py`). Semantics (docs/model-dit.md): t = 0 is noise, t = 1 is
-data, the output is the velocity x_data − ε in t-time, fp32, shape of `x`.
+(`ideogram_app/loading/checkpoint_layout.py`). Semantics (docs/model-dit.md, "Time convention and
+output"): t = 0 is noise, t = 1 is data, the output is the velocity x_data − ε in t-time, fp32, shape
+of `x`.
 
 Performance choices (docs/model-dit.md, "Performance choices"):
 - no attention mask when every row is one segment (a dense bool mask makes SDPA ~3x slower);
