@@ -3,7 +3,7 @@
 Its value is a view of the caption, produced by Python (`canvas_value`): the element list in
 model units (`bbox = [y_min, x_min, y_max, x_max]`, 0-1000), the selected index, the image aspect
 and an optional background. Gestures come back as one custom event, `edit`, whose data is an
-operation (`{"op": "draw", "rect": [...], "size": [...]}`, ...) that `handlers.apply_canvas_op`
+operation (`{"op": "draw", "rect": [...], "size": [...]}`, ...) that `editor.apply_canvas_op`
 applies; the JS never decides what the caption is.
 """
 from __future__ import annotations

@@ -89,4 +89,3 @@ def test_the_app_builds_with_every_handler_declared():
     demo = build_demo(ModelSlot())
     handlers = {fn.name for fn in demo.fns.values()}
     assert {"on_canvas_edit", "on_generate", "on_stop", "on_load_model", "on_estimate"} <= handlers
-    assert not any(name == "on_refresh_tokens" for name in handlers)

@@ -51,6 +51,9 @@ SIZE_VIEW = ("state", "canvas", "width", "height", "size_note", "aspect")
 RESULT_VIEW = ("selected_result", "result_settings", "overlay")
 GENERATE_VIEW = ("results", "gallery", "seed", "gen_status", *RESULT_VIEW)
 OPEN_VIEW = (*EDITOR_VIEW, "preset", "seed", "randomize", "width", "height", "aspect")
+# The colour pickers, one input each (a palette is read from its count and all of its pickers).
+EL_PICKERS = tuple(f"el_color_{i + 1}" for i in range(ELEMENT_PALETTE_SLOTS))
+SCENE_PICKERS = tuple(f"color_{i + 1}" for i in range(IMAGE_PALETTE_SLOTS))
 
 
 def _named(handler, name: str):
@@ -72,12 +75,12 @@ class ComposeTab:
 
     def build(self, ui: Components) -> None:
         """Create the tab's components inside the current gr.Tab and wire their events."""
-        el_pickers, scene_pickers = self._layout_editor(ui)
+        self._layout_editor(ui)
         self._layout_generate(ui)
-        self._wire_editor(ui, el_pickers, scene_pickers)
+        self._wire_editor(ui)
         self._wire_generate(ui)
 
-    def _layout_editor(self, ui: Components) -> tuple[list[str], list[str]]:
+    def _layout_editor(self, ui: Components) -> None:
         ui.add("state", gr.State(EditorState()))
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
@@ -115,9 +118,8 @@ class ComposeTab:
                     ui.add("el_palette_count", gr.Slider(0, ELEMENT_PALETTE_SLOTS, step=1, value=0,
                                                          label="Element palette: number of colours"))
                     with gr.Row():
-                        el_pickers = [ui.add(f"el_color_{i + 1}", gr.ColorPicker(label=f"{i + 1}", visible=False,
-                                                                                 min_width=60))
-                                      for i in range(ELEMENT_PALETTE_SLOTS)]
+                        el_pickers = [ui.add(name, gr.ColorPicker(label=f"{i + 1}", visible=False, min_width=60))
+                                      for i, name in enumerate(EL_PICKERS)]
                     ui.add("issues_element", gr.Markdown())
                 with gr.Accordion("Scene", open=True):
                     ui.add("hld", gr.Textbox(label="High-level description", lines=2, elem_id="scene-hld"))
@@ -133,7 +135,7 @@ class ComposeTab:
                         scene_pickers = []
                         for start in range(0, IMAGE_PALETTE_SLOTS, 8):
                             with gr.Row():
-                                scene_pickers += [ui.add(f"color_{i + 1}", gr.ColorPicker(
+                                scene_pickers += [ui.add(SCENE_PICKERS[i], gr.ColorPicker(
                                     label=f"{i + 1}", visible=False, min_width=60)) for i in range(start, start + 8)]
                     ui.add("issues_scene", gr.Markdown())
                 with gr.Accordion("Caption check", open=True):
@@ -146,8 +148,6 @@ class ComposeTab:
         ui.add("style_kind", style_kind, also=(style_box, photo_or_art), render=show_style)
         ui.add_view("el_palette", el_pickers, _picker_row(el_pickers, "el_palette_count"))
         ui.add_view("palette", scene_pickers, _picker_row(scene_pickers, "palette_count"))
-        return ([f"el_color_{i + 1}" for i in range(ELEMENT_PALETTE_SLOTS)],
-                [f"color_{i + 1}" for i in range(IMAGE_PALETTE_SLOTS)])
 
     def _layout_generate(self, ui: Components) -> None:
         ui.add("results", gr.State([]))
@@ -196,7 +196,7 @@ class ComposeTab:
                                                interactive=False, elem_id="overlay"))
                     ui.add("result_settings", gr.JSON(label="Caption and settings of the selected result"))
 
-    def _wire_editor(self, ui: Components, el_pickers: list[str], scene_pickers: list[str]) -> None:
+    def _wire_editor(self, ui: Components) -> None:
         # Text fields listen to `input` (Gradio fires it on key presses) and `blur` (which catches pasted
         # text, for which Gradio fires no `input`). Never `change`: it also fires for values the app
         # itself sets, and such echoes, processed after a newer edit, would undo that edit.
@@ -210,7 +210,7 @@ class ComposeTab:
             ui.on(ui[f"el_{field}"].input, self.on_element_field(field), ["state", f"el_{field}"], **GLUE)
         for field in ("text", "desc"):
             on_user_text(f"el_{field}", self.on_element_field(field), ["state", f"el_{field}"])
-        palette_inputs = ["state", "el_palette_count", *el_pickers]
+        palette_inputs = ["state", "el_palette_count", *EL_PICKERS]
         ui.on([ui[name].input for name in palette_inputs[1:]], self.on_element_palette, palette_inputs,
               trigger_mode="always_last", **GLUE)
         ui.on(ui["add_obj"].click, self.on_add_element("obj"), ["state"], **GLUE)
@@ -220,7 +220,7 @@ class ComposeTab:
         ui.on(ui["style_kind"].input, self.on_style_kind, ["state", "style_kind"], **GLUE)
         for field in ("aesthetics", "lighting", "photo_or_art", "medium"):
             on_user_text(field, self.on_style_field(field), ["state", field])
-        palette_inputs = ["state", "palette_count", *scene_pickers]
+        palette_inputs = ["state", "palette_count", *SCENE_PICKERS]
         ui.on([ui[name].input for name in palette_inputs[1:]], self.on_style_palette, palette_inputs,
               trigger_mode="always_last", **GLUE)
         ui.on(ui["undo"].click, self.on_undo, ["state"], **GLUE)
