@@ -13,7 +13,7 @@ from typing import Any
 
 from .issues import CaptionFormatError, CaptionSyntaxError, Issue
 from .model import Caption, PlainText
-from .rules import MAX_REPORTED, issue, path_text, show, summary_issue
+from .rules import MAX_REPORTED, issue, path_text, show, summary_issue, walk
 
 _FENCE_OPEN = re.compile(r"```[A-Za-z]*[ \t]*\n")
 
@@ -66,19 +66,13 @@ def _loads(source: str, origin: str, start: int, note: str = "") -> tuple[Any, l
 
 
 def _duplicate_issues(value: Any, duplicates: dict[int, list[str]]) -> list[Issue]:
-    """An issue per repeated key, in document order. Iterative with lazily spelled paths (see
-    `rules.path_text`), so neither depth nor width of the JSON can make it raise or go quadratic."""
+    """An issue per repeated key, in document order (see `rules.walk` for why it walks that way)."""
     if not duplicates:
         return []
-    found: list[tuple[tuple | None, str]] = []
-    stack: list[tuple[Any, tuple | None]] = [(value, None)]
-    while stack:
-        value, node = stack.pop()
-        if isinstance(value, dict):
-            found += [((node, key), key) for key in duplicates.get(id(value), [])]
-            stack.extend(((child, (node, key)) for key, child in reversed(value.items())))
-        elif isinstance(value, list):
-            stack.extend(((value[index], (node, index)) for index in reversed(range(len(value)))))
+    found = [((None, key), key) for key in duplicates.get(id(value), [])]
+    for node, child in walk(value):
+        if isinstance(child, dict) and id(child) in duplicates:
+            found += [((node, key), key) for key in duplicates[id(child)]]
     issues = [issue("duplicate_key", path_text(node), f"key {show(key)} appears more than once in the same object, "
                     "and only the last one would be kept; merge them into one") for node, key in found[:MAX_REPORTED]]
     if len(found) > MAX_REPORTED:

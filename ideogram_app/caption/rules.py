@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
-from typing import Any
+from typing import Any, Iterator
 
 from .issues import Issue
 
@@ -121,6 +120,43 @@ def path_text(node: tuple | None) -> str:
     return "".join(reversed(parts)).removeprefix(".")
 
 
+CYCLE = object()  # what `walk` yields for a container found inside itself
+
+
+def _children(container: dict | list) -> Iterator[tuple[int | str, Any]]:
+    if isinstance(container, list):
+        return enumerate(container)
+    return ((key if isinstance(key, str) else key_step(key), child) for key, child in container.items())
+
+
+def walk(value: Any) -> Iterator[tuple[tuple, Any]]:
+    """(path node, value) for everything inside `value`, depth first in document order; a node is
+    `(parent node, step)` with an int step for a list index and a str for an object key (see
+    `path_text`). A stack of iterators keeps memory proportional to the depth, not the size, and no
+    depth hits the recursion limit. A container found inside itself (only possible in values built
+    in Python) is yielded as `CYCLE` and not entered."""
+    if not isinstance(value, (dict, list)):
+        return
+    stack: list[tuple[Any, Iterator, tuple | None]] = [(value, _children(value), None)]
+    ancestors = {id(value)}
+    while stack:
+        container, children, parent = stack[-1]
+        for step, child in children:
+            node = (parent, step)
+            if not isinstance(child, (dict, list)):
+                yield node, child
+            elif id(child) in ancestors:
+                yield node, CYCLE
+            else:
+                yield node, child
+                ancestors.add(id(child))
+                stack.append((child, _children(child), node))
+                break
+        else:
+            ancestors.discard(id(container))
+            stack.pop()
+
+
 def summary_issue(code: str, extra: int, what: str) -> Issue:
     """One issue standing for the `extra` findings of a walk beyond the first MAX_REPORTED."""
     return issue(code, "", f"{extra} more {what} not listed here (the first {MAX_REPORTED} are listed); "
@@ -190,48 +226,34 @@ def _json_value_problem(value: Any) -> str | None:
         try:
             str(value)
         except ValueError:
-            return (f"is an integer with more than {sys.get_int_max_str_digits()} digits, too long to read or write; "
-                    "write a number of ordinary size")
+            return "is an integer with too many digits to read or write; write a number of ordinary size"
         return None
     return f"is {type_name(value)}, which JSON has no form for; use a string, number, list or object"
 
 
-def _check_json_values(data: Any, out: list[Issue]) -> None:
+def _check_json_values(data: dict, out: list[Issue]) -> None:
     """Values anywhere in the caption (unknown keys included: `to_json` keeps them) that JSON text
     and UTF-8 cannot carry: NaN and infinities (Python's json reads `NaN`, `Infinity`, and `1e400`
     overflows to infinity), integers too long to print, lone surrogates (json reads "\\ud800", no
     UTF-8 encoder writes it), object keys that are not strings and Python types JSON has no form
-    for (dicts built in Python), and cycles. Iterative, so no nesting depth hits the recursion
-    limit; reported as `wrong_type`, which `Caption.from_dict` refuses, so `to_json` only ever
-    writes valid, encodable JSON."""
+    for (dicts built in Python), and cycles. Reported as `wrong_type`, which `Caption.from_dict`
+    refuses, so `to_json` only ever writes valid, encodable JSON."""
     found: list[tuple[tuple | None, str]] = []
-    ancestors: set[int] = set()
-    stack: list[tuple[Any, tuple | None, bool]] = [(data, None, False)]
-    while stack:
-        value, node, leaving = stack.pop()
-        if leaving:
-            ancestors.discard(id(value))
-            continue
-        if isinstance(value, (dict, list)):
-            if id(value) in ancestors:
-                found.append((node, "contains itself (a cycle), which JSON cannot write"))
-                continue
-            ancestors.add(id(value))
-            stack.append((value, node, True))
-            if isinstance(value, dict):
-                children = []
-                for key, child in value.items():
-                    child_node = (node, key if isinstance(key, str) else key_step(key))
-                    if not isinstance(key, str):
-                        found.append((child_node, f"is a key that is {type_name(key)}; JSON object keys are strings"))
-                    elif problem := _json_value_problem(key):
-                        found.append((child_node, "is a key that " + problem))
-                    children.append((child, child_node, False))
-                stack.extend(reversed(children))  # popped in document order
-            else:
-                stack.extend((value[index], (node, index), False) for index in reversed(range(len(value))))
-            continue
-        if problem := _json_value_problem(value):
+
+    def check_keys(obj: dict, node: tuple | None) -> None:
+        for key in obj:
+            if not isinstance(key, str):
+                found.append(((node, key_step(key)), f"is a key that is {type_name(key)}; JSON object keys are strings"))
+            elif SURROGATE.search(key):
+                found.append(((node, key), "is a key that " + _json_value_problem(key)))
+
+    check_keys(data, None)
+    for node, child in walk(data):
+        if child is CYCLE:
+            found.append((node, "contains itself (a cycle), which JSON cannot write"))
+        elif isinstance(child, dict):
+            check_keys(child, node)
+        elif not isinstance(child, list) and (problem := _json_value_problem(child)):
             found.append((node, problem))
     for node, problem in found[:MAX_REPORTED]:
         out.append(issue("wrong_type", path_text(node), problem))

@@ -8,12 +8,11 @@ from typing import Any
 from .issues import CaptionSyntaxError, Issue
 from .model import Caption, PlainText
 from .parse import DecodedJSON, decode_text
-from .rules import MAX_REPORTED, SURROGATE, check_caption, issue, path_text, printable, summary_issue
+from .rules import MAX_REPORTED, SURROGATE, check_caption, issue, path_text, printable, summary_issue, walk
 
 _ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u([0-9A-Fa-f]{4})")
 # A JSON string token (unrolled so it never backtracks), or a run of whitespace between tokens.
 _LEXEME = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[ \t\r\n]+', re.DOTALL)
-_KEY = object()  # marks "the key string itself" in the document-order walk
 
 
 def verify(text_or_dict: str | dict | Caption | Any) -> list[Issue]:
@@ -51,9 +50,10 @@ def _text_issues(decoded: DecodedJSON) -> list[Issue]:
                            "was trained on compact JSON, `format`/to_json compacts it"))
     if not escaped_tokens:
         return found
-    nodes = _string_nodes(decoded.value)
-    aligned = len(nodes) == token_count and not decoded.duplicate_keys
-    for index, escaped in escaped_tokens[:MAX_REPORTED]:
+    wanted = escaped_tokens[:MAX_REPORTED]
+    nodes, string_count = _string_nodes(decoded.value, {index for index, _ in wanted})
+    aligned = string_count == token_count and not decoded.duplicate_keys
+    for index, escaped in wanted:
         sample = "".join(chr(c) for c in escaped if not 0xD800 <= c <= 0xDFFF)[:8] or "non-BMP characters"
         found.append(issue("unicode_escape", path_text(nodes[index]) if aligned else "",
                            f"writes {sample!r} as \\uXXXX escapes; the model was trained on literal characters "
@@ -83,20 +83,16 @@ def _scan(source: str) -> tuple[list[tuple[int, list[int]]], int, bool]:
     return escaped_tokens, token_count, has_whitespace
 
 
-def _string_nodes(value: Any) -> list[tuple | None]:
-    """Path nodes (see `rules.path_text`) of every string, object keys included, in the order they
-    appear in the text. Iterative, so deep nesting cannot hit the recursion limit."""
-    nodes: list[tuple | None] = []
-    stack: list[tuple[Any, tuple | None]] = [(value, None)]
-    while stack:
-        value, node = stack.pop()
-        if value is _KEY or isinstance(value, str):
-            nodes.append(node)
-        elif isinstance(value, dict):
-            items: list[tuple[Any, tuple | None]] = []
-            for key, child in value.items():
-                items += [(_KEY, (node, key)), (child, (node, key))]
-            stack.extend(reversed(items))
-        elif isinstance(value, list):
-            stack.extend((value[index], (node, index)) for index in reversed(range(len(value))))
-    return nodes
+def _string_nodes(value: Any, wanted: set[int]) -> tuple[dict[int, tuple | None], int]:
+    """(path node of each `wanted` string, by its position among all strings of the text, object
+    keys included; the number of strings). A key comes right before its value, as in the text."""
+    nodes: dict[int, tuple | None] = {}
+    count = 0
+    for node, child in walk(value):
+        # an object key (a str step) is a string of its own; both it and a string value locate at `node`
+        strings = isinstance(node[1], str) + isinstance(child, str)
+        for index in range(count, count + strings):
+            if index in wanted:
+                nodes[index] = node
+        count += strings
+    return nodes, count
