@@ -1,10 +1,15 @@
 """render_layout: requested size at every supported shape, boxes exactly where bbox_to_pixels
-puts them (sampled pixel colours), y-first placement, overlay keeps the image, labels drawn."""
+puts them (sampled pixel colours), y-first placement, overlay keeps the image, labels drawn; labels
+and the background note fitted exactly like a brute-force reference, in time bounded by the box."""
+import time
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from ideogram_app.caption import Caption, Element, bbox_to_pixels, load_template, render_layout
-from ideogram_app.caption.render import CANVAS, TYPE_COLORS, font_size_for
+from ideogram_app.caption import Caption, Element, bbox_to_pixels, load_template, render, render_layout
+from ideogram_app.caption.render import CANVAS, TYPE_COLORS, font_size_for, load_font
 
 
 def _one(element_type="obj", bbox=(200, 300, 600, 700), text=None):
@@ -80,3 +85,76 @@ def test_outlines_thicken_with_the_image_so_large_previews_stay_readable():
     assert large.getpixel((x0 + 5, y1 - 40)) == TYPE_COLORS["obj"]
     x0, y0, _, y1 = bbox_to_pixels([200, 300, 600, 700], 512, 512)
     assert small.getpixel((x0 + 5, y1 - 10)) != TYPE_COLORS["obj"]
+
+
+# ---- cost linear in the text: labels fitted by binary search on a width-bounded prefix ----------
+
+def _fits_reference(text, font, max_width):
+    """Brute force: the whole text if it fits, else the longest prefix that fits with an ellipsis."""
+    if font.getlength(text) <= max_width:
+        return text
+    for length in range(len(text), 0, -1):
+        if font.getlength(text[:length] + "\u2026") <= max_width:
+            return text[:length] + "\u2026"
+    return ""
+
+
+def _wrap_reference(text, font, max_width, max_lines):
+    """Greedy word wrap, one word at a time, with the brute-force fit."""
+    words, lines = text.split(), []
+    while words and len(lines) < max_lines:
+        line = words.pop(0)
+        while words and font.getlength(line + " " + words[0]) <= max_width:
+            line += " " + words.pop(0)
+        lines.append(line)
+    if words and lines:
+        lines[-1] = _fits_reference(lines[-1] + " " + " ".join(words), font, max_width)
+    return [_fits_reference(line, font, max_width) for line in lines]
+
+
+# Kerning pairs (AV, To, Yo), ligatures (fi, ffi), quotes, thin and wide glyphs, spaces.
+label_text = st.lists(st.sampled_from(list("AVWTo.,il y\u00e9f\u201c\u201d-/ ") + ["ffi", "LT", "Yo", "fi"]),
+                      max_size=40).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(label_text, st.integers(0, 300), st.sampled_from([11, 23, 48]))
+def test_fitted_label_is_the_longest_prefix_that_fits(text, max_width, size):
+    font = load_font(size)
+    assert render._fit(text, font, max_width) == _fits_reference(text, font, max_width)
+
+
+@settings(max_examples=60, deadline=None)
+@given(label_text, st.integers(20, 400), st.integers(1, 4))
+def test_background_note_wraps_like_the_greedy_reference(text, max_width, max_lines):
+    font = load_font(16)
+    assert render._wrap(text, font, max_width, max_lines) == _wrap_reference(text, font, max_width, max_lines)
+
+
+def _render_seconds(caption, width=1024, height=1024):
+    start = time.perf_counter()
+    render_layout(caption, width, height)
+    return time.perf_counter() - start
+
+
+def test_a_20000_character_desc_renders_in_well_under_a_second():
+    caption = Caption(background="Plain.", elements=[Element(type="obj", bbox=[100, 100, 900, 900],
+                                                             desc="A long description. " * 1000)])
+    assert len(caption.elements[0].desc) == 20_000
+    assert _render_seconds(caption) < 1.0
+
+
+def test_megabyte_labels_and_background_notes_are_cut_before_measuring():
+    huge = "x" * 5_000_000
+    caption = Caption(background="word " * 1_000_000 + huge, elements=[
+        Element(type="obj", bbox=[100, 100, 900, 900], desc=huge),
+        Element(type="text", bbox=[0, 0, 50, 1000], desc="d", text=huge),
+        Element(type="obj", desc=" " * 5_000_000 + huge),  # no bbox: listed in the top band
+    ])
+    assert _render_seconds(caption, 2048, 2048) < 2.0
+
+
+def test_a_long_label_still_ends_in_an_ellipsis_inside_its_box():
+    font = load_font(font_size_for(1024, 1024))
+    label = render._fit("7 " + "x" * 5_000_000, font, 300)
+    assert label.endswith("\u2026") and font.getlength(label) <= 300 < font.getlength(label + "x")
