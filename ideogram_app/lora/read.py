@@ -86,7 +86,7 @@ def open_safetensors(path: str | Path) -> SafetensorsFile:
     """Read and validate the header of `path`; raise UnreadableLora naming the first problem."""
     path = Path(path)
     if not path.is_file():
-        raise UnreadableLora(f"{path}: no such file")
+        raise UnreadableLora(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     size = path.stat().st_size
     with open(path, "rb") as handle:
         prefix = handle.read(8)

@@ -1,10 +1,12 @@
-"""Tiny DiT bases (bf16 file, fp8 file kept as fp8) and the oracle models built from the same files."""
+"""Tiny DiT bases (bf16 file, fp8 file kept as fp8) and the oracle models built from the same files.
+
+The parity helpers import diffusers, which the GPU machine lacks: they are imported inside the
+fixtures that need them, so test_gpu.py runs there without it."""
 import pytest
 import torch
 
 from ideogram_app.loading.dit import load_transformer
 from tests.fixtures.tiny_dit import write_tiny_dit
-from tests.model.test_dit_parity import make_inputs, oracle_from_file
 
 BASES = ("bf16", "fp8")
 
@@ -26,6 +28,8 @@ def load_ours(base_files):
 @pytest.fixture
 def load_oracle(base_files):
     """A fresh diffusers Ideogram4Transformer2DModel with the same (dequantised) weights, fp32."""
+    from tests.model.test_dit_parity import oracle_from_file
+
     def load(layout):
         return oracle_from_file(base_files[layout][1], layout)
     return load
@@ -34,6 +38,8 @@ def load_oracle(base_files):
 @pytest.fixture(scope="session")
 def inputs():
     """Two prompts, left padding (so the segment mask path runs), text and image rows."""
+    from tests.model.test_dit_parity import make_inputs
+
     return make_inputs([6, 3], seed=1)
 
 
