@@ -124,7 +124,7 @@ def test_one_denoising_step_equals_the_formula(pipes):
 
 def count_calls(module):
     calls = []
-    handle = module.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(args[0].shape), with_kwargs=True)
+    handle = module.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(kwargs["x"].shape), with_kwargs=True)
     return calls, handle
 
 

@@ -1,4 +1,4 @@
-"""The sampler against the printed numbers of docs/pipeline.md, "Sampler", and an independent float64 reimplementation."""
+"""The sampler against the numbers printed in docs/pipeline.md, "Sampler", and a float64 reimplementation."""
 import math
 from statistics import NormalDist
 
