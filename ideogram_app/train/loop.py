@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import chain
@@ -479,11 +480,12 @@ def run_training(c: TrainConfig, warnings: list[str]) -> int:
                 run.record.update("finished", message="caches built (--task sft:data_process)")
                 return 0
             status = train(run, stop)
-        except BaseException as err:
+        except (Exception, KeyboardInterrupt) as err:
             run.record.update("failed", message=f"{type(err).__name__}: {err}")
-            if isinstance(err, KeyboardInterrupt):
-                return 1
-            raise
+            if accelerator.is_main_process:
+                traceback.print_exc()
+            say(run, f"error: the run failed ({type(err).__name__}: {err}); run.json in {output} records it")
+            return 1
     run.record.update(status, message="stopped on request; --resume latest continues" if status == "stopped" else None)
     say(run, f"{status}: {output}")
     return 0
