@@ -5,19 +5,20 @@ inspector, the global fields and the JSON editor stay in agreement.
 """
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
 from ideogram_app.caption import Issue, verify
 from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS
 
+from .markup import code, escape
 from .state import EditorState
 
 ELEMENT_PALETTE_SLOTS = 5
 IMAGE_PALETTE_SLOTS = 16
 CHARS_PER_TOKEN_ESTIMATE = 3.5
 CHAT_TEMPLATE_TOKENS = 10
+LISTED_ISSUES = 50  # an issue list longer than this helps nobody; the rest is counted
 DEFAULT_PICKER_COLORS = ("#1F2937", "#F59E0B", "#10B981", "#3B82F6", "#EF4444", "#8B5CF6", "#EC4899", "#14B8A6",
                          "#F97316", "#84CC16", "#0EA5E9", "#A855F7", "#F43F5E", "#22C55E", "#EAB308", "#64748B")
 
@@ -58,19 +59,23 @@ def canvas_value(state: EditorState, issues: list[Issue] | None = None) -> dict:
     for index, element in enumerate(state.elements):
         mine = [i for i in _issues_for_element(issues, index) if i.severity == "error"]
         elements.append({"type": element.get("type"), "bbox": element.get("bbox"), "text": element.get("text") or "",
-                         "desc": element.get("desc") or "",
+                         "desc": element.get("desc") or "",  # the canvas sets these as text, never as markup
                          "issue": f"{mine[0].path.rsplit('.', 1)[-1]}: {mine[0].message}" if mine else ""})
     return {"elements": elements, "selected": state.selected, "aspect": state.width / state.height,
             "background": state.background_image, "opacity": state.background_opacity}
 
 
 def issues_markdown(issues: list[Issue], empty: str = "") -> str:
+    """A Markdown list of issues. Paths and messages quote the user's keys and values, so both go
+    through `markup.escape` (a path is shown in `<code>`: a backtick key would end a code span)."""
     if not issues:
         return empty
     rows = []
-    for item in issues:
-        where = f" `{item.path.removeprefix('compositional_deconstruction.')}`" if item.path else ""
-        rows.append(f"- **{item.severity}**{where}: {html.escape(item.message)}")
+    for item in issues[:LISTED_ISSUES]:
+        where = " " + code(item.path.removeprefix("compositional_deconstruction.")) if item.path else ""
+        rows.append(f"- **{item.severity}**{where}: {escape(item.message)}")
+    if len(issues) > LISTED_ISSUES:
+        rows.append(f"- … and {len(issues) - LISTED_ISSUES} more")
     return "\n".join(rows)
 
 
@@ -110,7 +115,7 @@ def inspector_values(state: EditorState) -> dict:
     pickers = list(palette[:ELEMENT_PALETTE_SLOTS]) + list(DEFAULT_PICKER_COLORS[len(palette):ELEMENT_PALETTE_SLOTS])
     bbox = element.get("bbox")
     where = f"bbox [y_min, x_min, y_max, x_max] = {bbox}" if bbox else "no box (the model places it)"
-    return {"el_title": f"Element {state.selected + 1} of {len(state.elements)} · {where}",
+    return {"el_title": escape(f"Element {state.selected + 1} of {len(state.elements)} · {where}"),
             "el_type": element["type"], "el_text": element.get("text") or "", "el_desc": element.get("desc") or "",
             "el_has_box": bool(bbox), "el_palette_count": len(palette), "el_palette": pickers}
 

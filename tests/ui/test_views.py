@@ -1,11 +1,15 @@
-"""What the compose tab shows for a state: JSON text, canvas value, issues, token counter."""
+"""What the compose tab shows for a state: JSON text, canvas value, issues, token counter; user
+text in issue lists and titles stays text in Markdown and HTML."""
 import json
+from html.parser import HTMLParser
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 
-from ideogram_app.caption import load_template, to_json
-from ideogram_app.ui import editor, views
+from ideogram_app.caption import load_template, to_json, verify
+from ideogram_app.ui import editor, markup, views
 from ideogram_app.ui.canvas import TEMPLATE, LayoutCanvas
 from ideogram_app.ui.state import EditorState
 
@@ -87,3 +91,91 @@ def test_canvas_component_is_safe_and_static():
     assert "http" not in canvas.js_on_load.replace("https?:", "")  # no CDN or remote code
     assert canvas.elem_id == "layout-canvas"
     assert canvas.api_info()["properties"]["elements"]["type"] == "array"
+
+
+# ---- escaping: user text shown as Markdown or HTML stays text --------------------------------
+# Oracle: markdown-it-py renders the Markdown the way CommonMark says (Gradio's browser renderer
+# follows CommonMark too), and html.parser reads the result back as a browser would.
+
+HOSTILE = ["<img src=x onerror=alert(1)>", "a`b", "``x``", "**bold**", "[link](javascript:alert(1))", "</div>",
+           "<script>alert(1)</script>", "_em_", "![i](http://x/y.png)", "# heading", "1. item", "    code",
+           "&lt;img&gt;", "&#60;", "x\\`y", "https://example.com", "$$x$$", "a|b", "ünï “q” 😀"]
+
+
+class _Page(HTMLParser):
+    """Element names and text of an HTML fragment, as a browser would build them."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.text, self.code = [], [], []
+        self._in_code = False
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self._in_code = tag == "code"
+        if tag == "code":
+            self.code.append("")
+
+    def handle_endtag(self, tag):
+        self._in_code = self._in_code and tag != "code"
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in_code:
+            self.code[-1] += data
+
+
+def _markdown(text: str) -> _Page:
+    return _Page(MarkdownIt("commonmark").render(text))
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_escaped_text_shows_exactly_and_makes_no_elements(hostile):
+    in_markdown = _markdown("Note: " + markup.escape(hostile))
+    assert in_markdown.tags == ["p"] and "".join(in_markdown.text).strip() == "Note: " + hostile
+    in_html = _Page("<p>" + markup.escape(hostile) + "</p>")
+    assert in_html.tags == ["p"] and "".join(in_html.text) == hostile
+    assert _markdown(markup.code(hostile)).code == [hostile]
+
+
+def test_escape_removes_what_could_change_structure_or_break_the_response():
+    assert markup.escape("a\nb\r\nc\u2028d") == "a b c d"  # no new Markdown block can start
+    assert markup.escape("  x").startswith("&#32;&#32;")  # no indented code block at a line start
+    assert markup.escape("a\ud800b\x00c\u202ed") == "a\ufffdb\ufffdc\ufffdd"  # UTF-8-safe, no bidi override
+    assert markup.escape(42) == "42"
+
+
+def _issue_rows(hostile: str):
+    key = f"x{hostile}"
+    caption = {"compositional_deconstruction": {"background": hostile, "elements": [{"type": hostile, "desc": "d",
+                                                                                      key: 1}]}}
+    return verify(caption), key
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_issue_list_shows_hostile_keys_and_values_as_text(hostile):
+    issues, key = _issue_rows(hostile)
+    page = _markdown(views.issue_summary(issues))
+    assert set(page.tags) <= {"p", "strong", "ul", "li", "code"}
+    assert page.tags.count("strong") == 1 + len(issues)  # the summary and one severity per issue, nothing else
+    paths = [i.path.removeprefix("compositional_deconstruction.") for i in issues if i.path]
+    assert f"elements[0].{key}" in paths and page.code == paths  # each path, hostile key included, is one <code>
+    text = "".join(page.text)
+    assert all(item.message in text for item in issues)
+
+
+def test_issue_lists_are_cut_after_a_bound():
+    issues = verify({"compositional_deconstruction": {"background": "b", "elements": [{"type": "obj"}] * 120}})
+    rows = views.issues_markdown(issues).splitlines()
+    assert len(rows) == views.LISTED_ISSUES + 1 and rows[-1] == f"- … and {len(issues) - views.LISTED_ISSUES} more"
+
+
+def test_element_title_is_escaped():
+    state = editor.load_caption(EditorState(), load_template("poster_headline"))
+    title = views.inspector_values(state)["el_title"]
+    page = _markdown(title)
+    assert page.tags == ["p"]
+    assert "".join(page.text).strip() == (f"Element 1 of {len(state.elements)} · bbox [y_min, x_min, y_max, x_max] = "
+                                          f"{state.elements[0]['bbox']}")
