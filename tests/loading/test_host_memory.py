@@ -1,7 +1,9 @@
 """Host memory while loading: the DiT and the text encoder peak at about the loaded weights' bytes.
 
 Measured with tests/fixtures/memory_probe.py (one fresh process, warm-up loads, the peak reset
-through /proc/self/clear_refs). Numbers are in docs/model-dit.md and docs/model-vae-text.md.
+through /proc/self/clear_refs). Numbers are in docs/model-dit.md and docs/model-vae-text.md. The
+bound is 1.25×: streaming measures 1.01-1.07×, while loading fp8 as stored and dequantising afterwards
+measures 1.53-1.55× (ideogram_app/loading/conversion.py), so that regression fails here.
 """
 import pytest
 
@@ -23,17 +25,17 @@ TEXT_SIZES = dict(
 
 
 @pytest.mark.parametrize("layout, mode", [("bf16", "dequantize"), ("fp8", "dequantize"), ("fp8", "keep")])
-def test_dit_load_holds_at_most_1_5x_the_model_in_host_memory(tmp_path, layout, mode):
+def test_dit_load_holds_at_most_1_25x_the_model_in_host_memory(tmp_path, layout, mode):
     big = write_tiny_dit(tmp_path / "big", layout, **DIT_SIZES)
     tiny = write_tiny_dit(tmp_path / "tiny", layout)
     (m,) = measure_loads("ideogram_app.loading.dit:load_transformer", [LoadRun(str(big), str(tiny), kwargs={"fp8": mode})])
     assert m.reset_worked, "peak reset did not work, this would measure nothing"
     assert m.weight_bytes > 50e6
     assert m.kept_ratio >= 0.9  # the weights really are in this process
-    assert m.peak_ratio <= 1.5, (layout, mode, m, m.peak_ratio)
+    assert m.peak_ratio <= 1.25, (layout, mode, m, m.peak_ratio)
 
 
-def test_text_encoder_load_holds_at_most_1_5x_the_weights_in_host_memory(tmp_path):
+def test_text_encoder_load_holds_at_most_1_25x_the_weights_in_host_memory(tmp_path):
     runs = []
     for layout, mode in (("bf16", "dequantize"), ("fp8", "dequantize"), ("fp8", "keep")):
         big, tiny = tmp_path / f"{layout}_big", tmp_path / f"{layout}_tiny"
@@ -49,4 +51,4 @@ def test_text_encoder_load_holds_at_most_1_5x_the_weights_in_host_memory(tmp_pat
         assert m.reset_worked, ("the peak reset did not work", label)
         assert m.weight_bytes > 30e6
         assert m.kept_ratio >= 0.9, label  # weights really loaded
-        assert m.peak_ratio <= 1.5, label
+        assert m.peak_ratio <= 1.25, label
