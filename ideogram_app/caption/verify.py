@@ -54,7 +54,7 @@ def _text_issues(decoded: DecodedJSON) -> list[Issue]:
     nodes, string_count = _string_nodes(decoded.value, {index for index, _ in wanted})
     aligned = string_count == token_count and not decoded.duplicate_keys
     for index, escaped in wanted:
-        sample = "".join(chr(c) for c in escaped if not 0xD800 <= c <= 0xDFFF)[:8] or "non-BMP characters"
+        sample = escaped[:8]
         found.append(issue("unicode_escape", path_text(nodes[index]) if aligned else "",
                            f"writes {sample!r} as \\uXXXX escapes; the model was trained on literal characters "
                            "(ensure_ascii=False), `format`/to_json writes them literally"))
@@ -63,11 +63,11 @@ def _text_issues(decoded: DecodedJSON) -> list[Issue]:
     return found
 
 
-def _scan(source: str) -> tuple[list[tuple[int, list[int]]], int, bool]:
-    """(index of each string token that escapes printable characters as \\uXXXX, with their code
-    points; number of string tokens; whether whitespace sits between tokens). `source` is valid
+def _scan(source: str) -> tuple[list[tuple[int, str]], int, bool]:
+    """(index of each string token that writes printable characters as \\uXXXX escapes, with those
+    characters; number of string tokens; whether whitespace sits between tokens). `source` is valid
     JSON, so every string token is closed; one regular expression pass keeps this linear."""
-    escaped_tokens: list[tuple[int, list[int]]] = []
+    escaped_tokens: list[tuple[int, str]] = []
     token_count = 0
     has_whitespace = False
     for match in _LEXEME.finditer(source):
@@ -75,12 +75,26 @@ def _scan(source: str) -> tuple[list[tuple[int, list[int]]], int, bool]:
         if token[0] != '"':
             has_whitespace = True
             continue
-        if "\\u" in token:
-            escaped = [c for c in (int(m.group(1), 16) for m in _ESCAPE.finditer(token)) if c >= 0x20]
-            if escaped:
-                escaped_tokens.append((token_count, escaped))
+        if "\\u" in token and (escaped := _escaped_characters(token)):
+            escaped_tokens.append((token_count, escaped))
         token_count += 1
     return escaped_tokens, token_count, has_whitespace
+
+
+def _escaped_characters(token: str) -> str:
+    """The printable characters a string token writes as \\uXXXX escapes, with a surrogate pair
+    (\\ud83d\\ude00) joined into its character. Lone surrogates are left out: they are no
+    characters, `to_json` cannot write them literally, and the value checks report them."""
+    found: list[str] = []
+    high: tuple[int, int] | None = None  # a high surrogate escape waiting for its low half: (code, end)
+    for match in _ESCAPE.finditer(token):
+        code = int(match.group(1), 16)
+        if 0xDC00 <= code <= 0xDFFF and high is not None and high[1] == match.start(1) - 2:
+            found.append(chr(0x10000 + ((high[0] - 0xD800) << 10) + code - 0xDC00))
+        elif code >= 0x20 and not 0xD800 <= code <= 0xDFFF:
+            found.append(chr(code))
+        high = (code, match.end()) if 0xD800 <= code <= 0xDBFF else None
+    return "".join(found)
 
 
 def _string_nodes(value: Any, wanted: set[int]) -> tuple[dict[int, tuple | None], int]:
