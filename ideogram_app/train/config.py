@@ -227,10 +227,15 @@ def config_from_values(values: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
                 problems.append((s.flag, str(err)))
             if s.choices is not None and typed.get(name) is not None and typed[name] not in s.choices:
                 problems.append((s.flag, f"{typed[name]!r} is not one of {', '.join(map(str, s.choices))}"))
+    config = TrainConfig(**{k: v for k, v in typed.items() if ("--" + k) not in dict(problems)})
+    try:
+        warnings = check_config(config)
+    except ConfigError as err:  # report the typing problems and the rule problems together
+        named = dict(problems)
+        problems += [p for p in err.problems if p[0] not in named]
     if problems:
         raise ConfigError(problems)
-    config = TrainConfig(**typed)
-    return config, check_config(config)
+    return config, warnings
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]:

@@ -77,9 +77,12 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("feature_cache")
 
 
-def base_args(repo: Path, metadata: Path, output: Path, cache: Path, *extra: str) -> list[str]:
-    return ["--model", str(repo), "--dataset_base_path", str(metadata.parent), "--dataset_metadata_path", str(metadata),
-            "--output_path", str(output), "--cache_dir", str(cache), "--dtype", "float32", *extra]
+def base_args(repo: Path, data: Path, output: Path, cache: Path, *extra: str) -> list[str]:
+    """`data` is a metadata file (images beside it) or a folder of images with caption sidecars."""
+    data = Path(data)
+    source = ["--dataset_base_path", str(data)] if data.is_dir() else [
+        "--dataset_base_path", str(data.parent), "--dataset_metadata_path", str(data)]
+    return ["--model", str(repo), *source, "--output_path", str(output), "--cache_dir", str(cache), "--dtype", "float32", *extra]
 
 
 def lora_args(repo, metadata, output, cache, *extra: str) -> list[str]:
