@@ -1,5 +1,8 @@
 """The one pixel <-> 0-1000 conversion: y comes first, inverted drags and overshoots are fixed,
-round trips stay within one grid step at any size and aspect ratio."""
+round trips stay within one grid step at any size and aspect ratio; NaN, infinities and wrong
+shapes are refused with the value."""
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -36,6 +39,19 @@ def test_bad_input_is_refused():
         bbox_to_pixels([0, 0, 10], 100, 100)
     with pytest.raises(ValueError, match="positive"):
         pixels_to_bbox((0, 0, 1, 1), 0, 100)
+
+
+@pytest.mark.parametrize("rect", [(math.nan, 0, 1, 1), (0, 0, math.inf, 1), (0, 0, 1), (0, 0, 1, "2"), (0, 0, 1, True)])
+def test_rectangles_a_client_may_send_are_refused_with_the_value(rect):
+    with pytest.raises(ValueError, match=r"rect must be four finite pixel coordinates .* got \["):
+        pixels_to_bbox(rect, 100, 100)
+
+
+@pytest.mark.parametrize("width, height", [(math.nan, 100), (100, math.inf), (-1, 100)])
+def test_sizes_that_are_not_finite_and_positive_are_refused(width, height):
+    for convert, value in ((pixels_to_bbox, (0, 0, 1, 1)), (bbox_to_pixels, [0, 0, 1, 1])):
+        with pytest.raises(ValueError, match="image size must be positive"):
+            convert(value, width, height)
 
 
 @settings(max_examples=60)
