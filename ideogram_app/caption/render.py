@@ -96,8 +96,8 @@ def _wrap(text: str, font: ImageFont.ImageFont, max_width: float, max_lines: int
 
 def render_layout(caption: Caption, width: int, height: int, image: Image.Image | None = None) -> Image.Image:
     """RGB image of `width`x`height`: the layout on a blank canvas, or over `image` (resized to fit)."""
-    if width <= 0 or height <= 0:
-        raise ValueError(f"preview size must be positive, got {width}x{height}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+        raise ValueError(f"preview size must be positive whole numbers of pixels, got {width!r}x{height!r}")
     mode = "canvas" if image is None else "overlay"
     if image is None:
         base = Image.new("RGB", (width, height), CANVAS)

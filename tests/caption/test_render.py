@@ -75,8 +75,9 @@ def test_elements_without_bbox_are_listed_in_a_top_band():
 
 
 def test_bad_size_is_refused():
-    with pytest.raises(ValueError, match="positive"):
-        render_layout(_one(), 0, 100)
+    for width, height in [(0, 100), (100, -1), (float("nan"), 100), (100, 2.5), (True, 100)]:
+        with pytest.raises(ValueError, match="positive whole numbers"):
+            render_layout(_one(), width, height)
 
 
 def test_outlines_thicken_with_the_image_so_large_previews_stay_readable():
