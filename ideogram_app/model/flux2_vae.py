@@ -172,38 +172,11 @@ class Decoder(nn.Module):
         self.conv_norm_out = nn.GroupNorm(groups, widths[-1], eps=NORM_EPS)
         self.conv_out = nn.Conv2d(widths[-1], config.out_channels, 3, padding=1)
 
-    def bottleneck(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent-resolution part (conv_in + mid block, the only global attention)."""
-        return self.mid_block(self.conv_in(z))
-
-    def to_pixels(self, h: torch.Tensor) -> torch.Tensor:
-        """Upsampling part: local except for GroupNorm statistics, hence tileable."""
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             h = block(h)
         return self.conv_out(F.silu(self.conv_norm_out(h)))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.to_pixels(self.bottleneck(z))
-
-
-def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Tile origins covering [0, size) with at least `overlap` shared between neighbours."""
-    if size <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
-
-
-def _edge_ramp(length: int, ramp: int, fade_start: bool, fade_end: bool) -> torch.Tensor:
-    """1-D blend weight: rises linearly over `ramp` samples at faded edges, 1 elsewhere."""
-    position = torch.arange(length, dtype=torch.float32) + 0.5
-    weight = torch.ones(length)
-    if fade_start:
-        weight = torch.minimum(weight, position / ramp)
-    if fade_end:
-        weight = torch.minimum(weight, (length - position) / ramp)
-    return weight
 
 
 class Flux2VAE(nn.Module):
@@ -244,43 +217,3 @@ class Flux2VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent (B, 32, h, w) -> images in about [-1, 1] (B, 3, 8h, 8w), in the model dtype."""
         return self.decoder(self.post_quant_conv(z.to(self.dtype)))
-
-    def decode_tiled(
-        self, z: torch.Tensor, tile_size: int = 64, overlap: int = 8, margin: int = 16
-    ) -> torch.Tensor:
-        """`decode` in latent tiles, to bound peak memory at large sizes.
-
-        The latent-resolution bottleneck (with the only global attention) runs once on the whole
-        latent. Each tile is then upsampled with `margin` extra latent pixels of context on every
-        side (cropped away after, so tile borders see real neighbours instead of conv zero padding)
-        and blended with its neighbours by linear ramps over `overlap`. What remains different from
-        `decode` is GroupNorm statistics taken per tile. Sizes are in latent pixels (x8 in the image).
-        """
-        if not 0 < overlap < tile_size or margin < 0:
-            raise ValueError(
-                f"decode_tiled needs 0 < overlap < tile_size and margin >= 0, "
-                f"got tile_size={tile_size}, overlap={overlap}, margin={margin}"
-            )
-        h = self.decoder.bottleneck(self.post_quant_conv(z.to(self.dtype)))
-        height, width = h.shape[-2:]
-        if height <= tile_size and width <= tile_size:
-            return self.decoder.to_pixels(h)
-        f = self.downsample_factor
-        out = torch.zeros(
-            (h.shape[0], self.config.out_channels, height * f, width * f), dtype=torch.float32, device=h.device
-        )
-        total_weight = torch.zeros(out.shape[-2:], dtype=torch.float32, device=h.device)
-        for y0 in _tile_starts(height, tile_size, overlap):
-            for x0 in _tile_starts(width, tile_size, overlap):
-                y1, x1 = min(y0 + tile_size, height), min(x0 + tile_size, width)
-                ya, xa = max(y0 - margin, 0), max(x0 - margin, 0)
-                context = h[..., ya : min(y1 + margin, height), xa : min(x1 + margin, width)]
-                pixels = self.decoder.to_pixels(context).float()
-                pixels = pixels[..., (y0 - ya) * f : (y1 - ya) * f, (x0 - xa) * f : (x1 - xa) * f]
-                weight = torch.outer(
-                    _edge_ramp((y1 - y0) * f, overlap * f, y0 > 0, y1 < height),
-                    _edge_ramp((x1 - x0) * f, overlap * f, x0 > 0, x1 < width),
-                ).to(h.device)
-                out[..., y0 * f : y1 * f, x0 * f : x1 * f] += pixels * weight
-                total_weight[y0 * f : y1 * f, x0 * f : x1 * f] += weight
-        return (out / total_weight).to(self.dtype)
