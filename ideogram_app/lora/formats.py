@@ -168,6 +168,11 @@ class _DiffusersAlphas:
         if self.config.get("use_dora"):
             raise RejectedLora(f"{where}: metadata says use_dora: DoRA adapters are not supported")
         self.patterns = self.config.get("alpha_pattern") or {}
+        if not isinstance(self.patterns, dict):
+            raise RejectedLora(f"{where}: alpha_pattern in {DIFFUSERS_METADATA_KEY!r} is not a JSON object")
+        for pattern, value in [("lora_alpha", self.config.get("lora_alpha", 1)), *self.patterns.items()]:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise RejectedLora(f"{where}: alpha {value!r} for {pattern!r} in {DIFFUSERS_METADATA_KEY!r} is not a finite number")
         for pattern in self.patterns:
             try:
                 re.compile(pattern)
@@ -231,7 +236,8 @@ def read_lora(path: str | Path, targets: Mapping[str, tuple[int, int]]) -> LoraF
         roles[item.role] = item
     for name, part in groups:
         if part is not None and (name, None) in groups:
-            raise RejectedLora(f"{where}: {name!r} has both a fused key {groups[(name, None)]['down'].key!r} and split q/k/v keys")
+            fused_key = next(iter(groups[(name, None)].values())).key
+            raise RejectedLora(f"{where}: {name!r} has both a fused key {fused_key!r} and split q/k/v keys")
 
     pairs: dict[tuple[str, int | None], LoraModule] = {}
     for (name, part), roles in groups.items():
@@ -243,13 +249,14 @@ def read_lora(path: str | Path, targets: Mapping[str, tuple[int, int]]) -> LoraF
             raise RejectedLora(f"{where}: key {have.key!r} has no {missing} partner")
         out_features, in_features = targets[name]
         rows = out_features // 3 if part is not None else out_features
+        down_shape, up_shape = file.entries[roles["down"].key].shape, file.entries[roles["up"].key].shape
+        if len(down_shape) != 2 or down_shape[1] != in_features or down_shape[0] == 0:  # from the header: nothing read yet
+            raise RejectedLora(f"{where}: key {roles['down'].key!r} has shape {down_shape}, the model's {name!r} needs (rank, {in_features})")
+        rank = down_shape[0]
+        if up_shape != (rows, rank):
+            raise RejectedLora(f"{where}: key {roles['up'].key!r} has shape {up_shape}, the model's {name!r} needs ({rows}, {rank}) for rank {rank}")
         down = _factor(file, roles["down"].key, where)
         up = _factor(file, roles["up"].key, where)
-        rank = down.shape[0]
-        if down.dim() != 2 or down.shape[1] != in_features or rank == 0:
-            raise RejectedLora(f"{where}: key {roles['down'].key!r} has shape {tuple(down.shape)}, the model's {name!r} needs (rank, {in_features})")
-        if up.dim() != 2 or up.shape != (rows, rank):
-            raise RejectedLora(f"{where}: key {roles['up'].key!r} has shape {tuple(up.shape)}, the model's {name!r} needs ({rows}, {rank}) for rank {rank}")
         if "alpha" in roles:
             alpha = _alpha(file, roles["alpha"].key, where)
         else:

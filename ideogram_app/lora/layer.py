@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MERGEABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SLOT = "lora_"
 
 
 class LoraAdapter(nn.Module):
@@ -56,12 +57,18 @@ class LoraLinear(nn.Module):
         self.base = base
         self.in_features: int = base.in_features
         self.out_features: int = base.out_features
-        self.adapters = nn.ModuleDict()
+        # Keyed "lora_<name>": a bare name such as "keys" or "train" would collide with ModuleDict attributes.
+        self.slots = nn.ModuleDict()
         self._original: torch.Tensor | None = None  # the base weight before the first merge
+
+    @property
+    def adapters(self) -> dict[str, LoraAdapter]:
+        """The adapters by name, in the order they were added."""
+        return {key[len(_SLOT):]: adapter for key, adapter in self.slots.items()}  # type: ignore[misc]
 
     def add(self, name: str, down: torch.Tensor, up: torch.Tensor, factor: float, scale: float, merge: bool, dtype: torch.dtype) -> None:
         """Attach an adapter; factors are stored in `dtype` (the activation dtype) on the weight's device."""
-        if name in self.adapters:
+        if _SLOT + name in self.slots:
             raise ValueError(f"this layer already has an adapter named {name!r}")
         if merge and not is_mergeable(self.base):
             raise ValueError(
@@ -69,26 +76,26 @@ class LoraLinear(nn.Module):
                 "bases are never re-quantised, load the LoRA unmerged"
             )
         device = self.base.weight.device
-        self.adapters[name] = LoraAdapter(down.to(device, dtype), up.to(device, dtype), factor, scale, merge)
+        self.slots[_SLOT + name] = LoraAdapter(down.to(device, dtype), up.to(device, dtype), factor, scale, merge)
         if merge:
             self._remerge()
 
     def set_scale(self, name: str, scale: float) -> None:
-        adapter = self.adapters[name]
+        adapter = self.slots[_SLOT + name]
         adapter.scale = scale
         if adapter.merged:
             self._remerge()
 
     def remove(self, name: str) -> None:
-        merged = self.adapters[name].merged
-        del self.adapters[name]
+        merged = self.slots[_SLOT + name].merged
+        del self.slots[_SLOT + name]
         if merged:
             self._remerge()
 
     def _remerge(self) -> None:
         """weight = original + Σ merged deltas, computed in fp32 from the kept original."""
         current = self.base.weight
-        merged = [a for a in self.adapters.values() if a.merged]
+        merged = [a for a in self.slots.values() if a.merged]
         if not merged:
             if self._original is not None:
                 original = self._original
@@ -111,7 +118,7 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        for adapter in self.adapters.values():
+        for adapter in self.slots.values():
             if adapter.merged or adapter.scale == 0:
                 continue
             if not y.is_contiguous():

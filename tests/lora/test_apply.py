@@ -145,6 +145,12 @@ def test_names_scales_and_targets(two_files, load_ours):
         remove(model, "other")
     assert report.ranks == (4,) and report.alphas == (2.0,)
     assert "first: comfyui LoRA, 19 modules" in report.summary()
+    for name in ("keys", "train", "base"):  # names that are also attributes of torch modules
+        apply_lora(model, first_path, name=name, scale=0.5)
+    assert list(loaded(model)) == ["first", "keys", "train", "base"]
+    assert list(model.get_submodule("layers.0.attention.qkv").adapters) == ["first", "keys", "train", "base"]
+    remove(model, "train")
+    assert list(model.get_submodule("input_proj").adapters) == ["first", "keys", "base"]
 
 
 def test_bf16_compute_tracks_fp32(two_files, load_ours, base_files, inputs):

@@ -203,6 +203,8 @@ def test_diffusers_metadata_alpha_pattern_and_rslora(tmp_path, targets):
     assert lora.modules["layers.1.attention.o"].factor == pytest.approx(2 / 4**0.5)
     assert lora.modules["layers.0.attention.o"].factor == pytest.approx(8 / 4**0.5)
     assert lora.modules["layers.0.feed_forward.w1"].factor == pytest.approx(8 / 4**0.5)
+    save_file(state, tmp_path / "text.safetensors", metadata={"lora_adapter_metadata": json.dumps({"lora_alpha": "eight"})})
+    assert "alpha 'eight' for 'lora_alpha' in 'lora_adapter_metadata' is not a finite number" in refused(tmp_path / "text.safetensors", targets)
     config["transformer.use_dora"] = True
     save_file(state, tmp_path / "dora.safetensors", metadata={"lora_adapter_metadata": json.dumps(config)})
     assert "use_dora: DoRA adapters are not supported" in refused(tmp_path / "dora.safetensors", targets)

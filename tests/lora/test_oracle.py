@@ -5,7 +5,6 @@ fp32 compute; bases: the bf16 file and the fp8 file kept as fp8."""
 from functools import partial
 
 import pytest
-import torch
 from diffusers import Ideogram4Pipeline
 
 from ideogram_app.lora import apply_lora
