@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from torch import nn
 
 from ideogram_app.loading.checkpoint_layout import fused_key, stored_shape_to_fused
@@ -194,7 +196,7 @@ def say(run_or_acc, message: str) -> None:
 
 
 def _fsdp(accelerator) -> bool:
-    return str(accelerator.distributed_type).endswith("FSDP")
+    return accelerator.distributed_type == DistributedType.FSDP
 
 
 def load_dit(run: Run) -> nn.Module:
@@ -246,8 +248,6 @@ def build_caches(run: Run, projected: bool) -> None:
 
 def prepare_run(run: Run) -> None:
     c, acc = run.config, run.accelerator
-    from accelerate.utils import DistributedType
-
     run.dit = dit = load_dit(run)
     if run.lora:
         names = run.inputs.targets
@@ -441,9 +441,6 @@ def validate(run: Run, step: int) -> None:
 
 def run_training(c: TrainConfig, warnings: list[str]) -> int:
     """The whole run; exit status 0 (finished / stopped), 1 (failed during the run), 2 (bad input)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
     accelerator = Accelerator(
         mixed_precision="no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=c.find_unused_parameters)],
@@ -454,7 +451,7 @@ def run_training(c: TrainConfig, warnings: list[str]) -> int:
         if _fsdp(accelerator) and c.validation_prompts:
             raise InputError("--validation_prompts: samples during an FSDP run are not supported yet; sample the "
                              "written transformer/ afterwards with the generate CLI")
-        if str(accelerator.distributed_type).endswith("DEEPSPEED"):
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
             raise InputError("DeepSpeed configs are not supported yet; use ideogram_app/train/accelerate_configs/fsdp_full.yaml "
                              "for a full fine-tune on several GPUs")
         inputs = check_inputs(c, accelerator.num_processes)
@@ -471,7 +468,8 @@ def run_training(c: TrainConfig, warnings: list[str]) -> int:
         output.mkdir(parents=True, exist_ok=True)
         remove_partial(output)
     accelerator.wait_for_everyone()
-    run.record.update("running", world_size=accelerator.num_processes, total_steps=inputs.total_steps,
+    run.record.update("running", world_size=accelerator.num_processes, distributed=accelerator.distributed_type.value,
+                      total_steps=inputs.total_steps,
                       steps_per_epoch=inputs.steps_per_epoch, samples=len(inputs.dataset.samples))
     with StopRequest() as stop:
         try:

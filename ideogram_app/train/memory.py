@@ -49,7 +49,8 @@ def quantize_fp8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def store_fp8(dit: nn.Module) -> nn.Module:
     """Every plain `nn.Linear` of `dit` becomes an `Fp8Linear` (in place, same device, bias kept)."""
-    for name, linear in [(n, m) for n, m in dit.named_modules() if type(m) is nn.Linear]:
+    for name in [n for n, m in dit.named_modules() if type(m) is nn.Linear]:  # names only: each bf16 weight
+        linear = dit.get_submodule(name)                                       # is freed once replaced
         weight, scale = quantize_fp8_rows(linear.weight)
         fp8 = Fp8Linear(linear.in_features, linear.out_features, linear.bias is not None, weight.device,
                         linear.bias.dtype if linear.bias is not None else torch.bfloat16)

@@ -18,6 +18,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ideogram_app.train.config import TrainConfig
 
@@ -30,6 +31,11 @@ def stochastic_round_bf16(value: torch.Tensor, generator: torch.Generator) -> to
     """fp32 → bf16, rounding up in magnitude with probability equal to the dropped fraction (unbiased)."""
     noise = torch.randint(0, 1 << 16, value.shape, generator=generator, device=value.device, dtype=torch.int32)
     return ((value.view(torch.int32) + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor sharded by FSDP (a DTensor); the tensor itself otherwise."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 class Bf16AdamW(torch.optim.Optimizer):
@@ -63,9 +69,9 @@ class Bf16AdamW(torch.optim.Optimizer):
                 state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**step)).add_(group["eps"])
                 value.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**step))
-                if param.dtype == torch.bfloat16:
+                if param.dtype == torch.bfloat16:  # rounding is per element: a sharded (FSDP) weight rounds its own shard
                     generator = torch.Generator(param.device).manual_seed(_seed(self.seed, step, group_index, index))
-                    param.copy_(stochastic_round_bf16(value, generator))
+                    _local(param).copy_(stochastic_round_bf16(_local(value), generator))
                 else:
                     param.copy_(value)
 

@@ -177,3 +177,15 @@ def test_dynamic_size_is_diffsynths_rule():
 def test_fixed_size_applies_to_every_image(tiny_repos, data, tmp_path):
     config, _ = parse_args(lora_args(tiny_repos["bf16"], data, tmp_path / "out", tmp_path / "c", "--height", "64", "--width", "64"))
     assert {s.size for s in load_dataset(config).samples} == {(64, 64)}
+
+
+def test_shipped_accelerate_configs_load_and_never_ask_for_autocast():
+    from importlib.resources import files
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    folder = files("ideogram_app.train") / "accelerate_configs"
+    for name, kind in (("ddp_lora.yaml", "MULTI_GPU"), ("fsdp_full.yaml", "FSDP")):
+        config = load_config_from_file(str(folder / name))
+        assert config.distributed_type.value == kind and config.mixed_precision == "no"
+    assert load_config_from_file(str(folder / "fsdp_full.yaml")).fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Block"
