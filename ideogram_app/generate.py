@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=None, help=f"default {DEFAULT.num_images}")
     p.add_argument("--input-image", default=None, help="img2img start image")
     p.add_argument("--strength", type=float, default=None, help=f"img2img denoising strength in (0, 1]; default {IMG2IMG_STRENGTH} with --input-image")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="apply a LoRA file to the conditional transformer (repeatable; scale default 1.0)")
     p.add_argument("--memory", default="full", choices=MEMORY_MODES, help="full | offload | cpu")
     p.add_argument("--device", default=None, help="compute device (default cuda if available, else cpu)")
     p.add_argument("--dtype", default="bfloat16", choices=DTYPES)
@@ -78,6 +80,20 @@ FLAGS = {
 }
 
 
+def parse_lora(value: str) -> tuple[Path, float]:
+    """'PATH' or 'PATH:SCALE' -> (existing file, scale); checked before any model loads."""
+    path, scale = value, 1.0
+    head, sep, tail = value.rpartition(":")
+    if sep and head and not tail.startswith(("/", "\\")):
+        try:
+            path, scale = head, float(tail)
+        except ValueError:
+            raise UsageError(f"--lora {value}: the part after ':' must be a number (the scale), got {tail!r}") from None
+    if not Path(path).is_file():
+        raise UsageError(f"--lora: file {path} does not exist")
+    return Path(path), scale
+
+
 def check_arguments(args: argparse.Namespace) -> tuple[str, GenerationSettings]:
     """Validate what needs no model; return the prompt and the settings."""
     values = dict(
@@ -106,6 +122,7 @@ def check_arguments(args: argparse.Namespace) -> tuple[str, GenerationSettings]:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {out.parent} does not exist")
+    args.lora = [parse_lora(value) for value in args.lora]
     return prompt, settings
 
 
@@ -133,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot load {args.model}: {err}", file=sys.stderr)
         return 1
     try:
+        for path, scale in args.lora:
+            try:
+                print(pipe.load_lora(path, scale=scale).summary(), file=sys.stderr)
+            except ValueError as err:
+                raise ValueError(f"--lora {path}: {err}") from None
         request = pipe.prepare(prompt, settings)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

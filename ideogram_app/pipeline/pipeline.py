@@ -11,6 +11,7 @@ Where each module computes is the `MemoryPlan`'s business (placement.py).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ from ideogram_app.loading.conversion import FP8_MODES
 from ideogram_app.loading.dit import load_transformer
 from ideogram_app.loading.text_encoder import load_text_encoder
 from ideogram_app.loading.vae import load_vae
+from ideogram_app.lora import LoraReport, apply_lora, loaded, remove, set_scale
 from ideogram_app.model.prompt_tokenizer import PromptTokenizer, check_token_count
 from ideogram_app.pipeline.conditioning import decode_tokens, encode_image, encode_text, initial_noise, noised_start, prepare_conditioning
 from ideogram_app.pipeline.estimate import choose_fp8, component_weight_bytes
@@ -79,6 +81,16 @@ class Ideogram4Pipeline:
         self.model_name = model_name
         self.limits = limits
         self._encoded: tuple[str, torch.Tensor] | None = None  # last prompt and its features (on the CPU)
+        self._lora_files: dict[str, tuple[str, str]] = {}  # LoRA name -> (target, sha256 of its file)
+
+    # DiffSynth's names for the two DiTs, so `pipe.load_lora(pipe.dit, path)` works as there.
+    @property
+    def dit(self) -> torch.nn.Module:
+        return self.transformer
+
+    @property
+    def dit_uncond(self) -> torch.nn.Module:
+        return self.unconditional_transformer or self.transformer
 
     # ----- loading -------------------------------------------------------------------------------
     @classmethod
@@ -262,6 +274,86 @@ class Ideogram4Pipeline:
         images = [attach_metadata(image, self._record(request, i)) for i, image in enumerate(tensor_to_images(pixels))]
         return images[0] if len(images) == 1 else images
 
+    # ----- LoRA ----------------------------------------------------------------------------------
+    def load_lora(
+        self,
+        *where,
+        scale: float = 1.0,
+        target: str = "transformer",
+        name: str | None = None,
+        merge: bool = False,
+        alpha: float | None = None,
+    ) -> LoraReport:
+        """Put a LoRA file on one DiT: `pipe.load_lora(path, scale=1.0, target="transformer")`.
+
+        LoRAs are trained on the conditional `transformer`, so that is the default target;
+        `target="unconditional_transformer"` puts one on the other DiT. DiffSynth's spelling
+        `pipe.load_lora(pipe.dit, path, alpha=1.0)` works too (`alpha` is the scale there). Several
+        LoRAs stack, each under its own name (default: the file's stem). The file is checked
+        completely (ideogram_app/lora) before the model changes; what was loaded goes into the
+        metadata of every image made while it is on.
+        """
+        if len(where) == 2 and isinstance(where[0], torch.nn.Module):
+            target = self._target_of(where[0])
+            where = where[1:]
+        if len(where) != 1:
+            raise TypeError("load_lora takes a path, or a DiT and a path: load_lora(path) / load_lora(pipe.dit, path)")
+        path = where[0]
+        if alpha is not None:
+            scale = alpha
+        model = self._lora_model(target)
+        if name is not None and name in self._lora_files:
+            raise ValueError(f"a LoRA named {name!r} is already loaded; unload it first or choose another name")
+        report = apply_lora(model, path, name=name, scale=scale, merge=merge)
+        if report.name in self._lora_files:  # the same default name on the other DiT
+            remove(model, report.name)
+            raise ValueError(f"a LoRA named {report.name!r} is already loaded; pass name= to load this one too")
+        self._lora_files[report.name] = (target, _sha256(path))
+        return report
+
+    def set_lora_scale(self, name: str, scale: float) -> LoraReport:
+        """Change a loaded LoRA's strength without reloading anything (0 switches it off)."""
+        return set_scale(self._lora_model(self._lora_target(name)), name, scale)
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Take one LoRA off (or all of them); the base weights come back bit for bit."""
+        names = list(self._lora_files) if name is None else [name]
+        for each in names:
+            remove(self._lora_model(self._lora_target(each)), each)
+            del self._lora_files[each]
+
+    @property
+    def loras(self) -> list[dict]:
+        """What is loaded, in load order: name, file, sha256, scale, target, merged (also written into
+        each image's metadata, so a result can be re-made with the same LoRAs)."""
+        rows = []
+        for name, (target, digest) in self._lora_files.items():
+            report = loaded(self._lora_model(target))[name]
+            rows.append({"name": name, "file": os.path.basename(report.source), "sha256": digest,
+                         "scale": report.scale, "target": target, "merged": report.merged})
+        return rows
+
+    def _lora_model(self, target: str) -> torch.nn.Module:
+        if target == "transformer":
+            return self.transformer
+        if target == "unconditional_transformer":
+            if self.unconditional_transformer is None:
+                raise ValueError("this pipeline has no unconditional_transformer to put a LoRA on")
+            return self.unconditional_transformer
+        raise ValueError(f"LoRA target {target!r} is unknown; choose 'transformer' or 'unconditional_transformer'")
+
+    def _lora_target(self, name: str) -> str:
+        if name not in self._lora_files:
+            raise KeyError(f"no LoRA named {name!r} is loaded (loaded: {', '.join(self._lora_files) or 'none'})")
+        return self._lora_files[name][0]
+
+    def _target_of(self, module: torch.nn.Module) -> str:
+        if module is self.transformer:
+            return "transformer"
+        if module is not None and module is self.unconditional_transformer:
+            return "unconditional_transformer"
+        raise ValueError("load_lora's first argument must be pipe.dit or pipe.dit_uncond")
+
     def encode_prompt(self, text: str) -> torch.Tensor:
         """Text features (1, N, F) fp32; the encoder runs once per distinct prompt (last one cached)."""
         if self._encoded is None or self._encoded[0] != text:
@@ -282,7 +374,17 @@ class Ideogram4Pipeline:
             "seed": settings.seeds[index],
             "denoising_strength": settings.denoising_strength,
             "img2img": request.input_image is not None,
+            **({"loras": self.loras} if self._lora_files else {}),
         })
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    """Content hash of a LoRA file, so image metadata names exactly which weights were used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _warn_negative_prompt(negative_prompt: str) -> None:
