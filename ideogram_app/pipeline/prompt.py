@@ -38,13 +38,15 @@ def prepare_prompt(prompt: str | dict | Caption) -> PreparedPrompt:
     if not isinstance(prompt, (str, dict, Caption)):
         raise TypeError(f"prompt must be a str, dict or Caption, got {type(prompt).__name__}")
     issues = verify(prompt)
+    errors = [issue for issue in issues if issue.severity == "error"]
     if isinstance(prompt, str):
         codes = {issue.code for issue in issues}
         if "plain_text" in codes:
+            if errors:  # prose the tokenizer cannot take (e.g. a lone surrogate)
+                raise InvalidCaptionError(errors)
             return PreparedPrompt(prompt, "text")
         if "json_syntax" in codes:
             parse(prompt)  # raises the CaptionSyntaxError that carries line and column
-    errors = [issue for issue in issues if issue.severity == "error"]
     if errors:
         raise InvalidCaptionError(errors)
     warnings = [issue for issue in issues if issue.severity == "warning"]

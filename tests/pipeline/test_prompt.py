@@ -70,3 +70,8 @@ def test_json_text_with_structural_errors_lists_all_of_them():
         prepare_prompt('{"bogus": 1, "compositional_deconstruction": {"elements": [{"type": "obj"}]}}')
     assert {i.code for i in info.value.issues} >= {"unknown_key", "missing_field"}
     assert len(info.value.issues) >= 3
+
+
+def test_prose_the_tokenizer_cannot_take_is_refused_with_the_verifier_message():
+    with pytest.raises(InvalidCaptionError, match="lone UTF-16 surrogate"):
+        prepare_prompt("a cat \udc80 on a mat")
