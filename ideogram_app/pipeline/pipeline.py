@@ -11,6 +11,7 @@ Where each module computes is the `MemoryPlan`'s business (placement.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -105,8 +106,14 @@ class Ideogram4Pipeline:
         memory: str = "full",
         fp8: str = "auto",
         source: str | None = None,
+        unconditional: str = "dit",
     ) -> "Ideogram4Pipeline":
         """Load from a repo id / local folder (`model`), or DiffSynth-style `model_configs`.
+
+        `unconditional="lora"` leaves the unconditional DiT on disk (one 9 B model resident instead of
+        two): the conditional DiT then also runs the unconditional pass, with an "unconditional LoRA"
+        (`load_lora(path, target="unconditional_lora")`) switched on for that pass only. That LoRA
+        approximates the unconditional model; images differ from the official two-model pipeline.
 
         `memory` is "full" (all on `device`), "offload" (components visit `device` only while they run)
         or "cpu". `fp8="keep"` stores fp8 checkpoints as fp8 (half the memory); "dequantize" widens
@@ -121,7 +128,12 @@ class Ideogram4Pipeline:
         else:
             paths = components_from_configs(model_configs, tokenizer_config)
             name = paths.names.get("transformer", "")
-        return cls.from_components(paths, torch_dtype=torch_dtype, device=device, memory=memory, fp8=fp8, model_name=name)
+        if unconditional not in ("dit", "lora"):
+            raise ValueError(f"unconditional must be 'dit' (load the unconditional transformer) or 'lora', got {unconditional!r}")
+        if unconditional == "lora":
+            paths = dataclasses.replace(paths, unconditional_transformer=None)
+        return cls.from_components(paths, torch_dtype=torch_dtype, device=device, memory=memory, fp8=fp8,
+                                   model_name=name, warn_single_dit=unconditional == "dit")
 
     @classmethod
     def from_components(
@@ -133,6 +145,7 @@ class Ideogram4Pipeline:
         memory: str = "full",
         fp8: str = "auto",
         model_name: str = "",
+        warn_single_dit: bool = True,
     ) -> "Ideogram4Pipeline":
         plan = MemoryPlan.create(memory, device)
         if fp8 not in FP8_MODES:
@@ -146,11 +159,12 @@ class Ideogram4Pipeline:
         transformer = load_transformer(paths.transformer, device=where, dtype=torch_dtype, fp8=fp8)
         unconditional = None
         if paths.unconditional_transformer is None:
-            warnings.warn(
-                "no unconditional_transformer: the conditional DiT will also serve the unconditional pass, "
-                "which is not the trained configuration (images will differ from the official pipeline)",
-                stacklevel=3,
-            )
+            if warn_single_dit:
+                warnings.warn(
+                    "no unconditional_transformer: the conditional DiT will also serve the unconditional pass, "
+                    "which is not the trained configuration (images will differ from the official pipeline)",
+                    stacklevel=3,
+                )
         else:
             unconditional = load_transformer(
                 paths.unconditional_transformer, device=where, dtype=torch_dtype, fp8=fp8,
@@ -264,7 +278,7 @@ class Ideogram4Pipeline:
         if request.input_image is not None:
             clean = encode_image(self.vae, image_to_tensor(request.input_image), self.memory)
             z = noised_start(clean, z, times[0])
-        velocity = dit_pair_velocity(self.transformer, unconditional, conditioning, self.memory)
+        velocity = dit_pair_velocity(self.transformer, unconditional, conditioning, self.memory, self._pass_scales())
         z = denoise(velocity, z.to(self.memory.device), times, settings.sampler.guidance, callback, stop_event)
         if stop_event is not None and stop_event.is_set():
             raise GenerationCancelled("generation stopped before decoding")
@@ -287,7 +301,9 @@ class Ideogram4Pipeline:
         """Put a LoRA file on one DiT: `pipe.load_lora(path, scale=1.0, target="transformer")`.
 
         LoRAs are trained on the conditional `transformer`, so that is the default target;
-        `target="unconditional_transformer"` puts one on the other DiT. DiffSynth's spelling
+        `target="unconditional_transformer"` puts one on the other DiT, and
+        `target="unconditional_lora"` puts one on the conditional DiT for the unconditional pass only
+        (see `from_pretrained(unconditional="lora")`). DiffSynth's spelling
         `pipe.load_lora(pipe.dit, path, alpha=1.0)` works too (`alpha` is the scale there). Several
         LoRAs stack, each under its own name (default: the file's stem). The file is checked
         completely (ideogram_app/lora) before the model changes; what was loaded goes into the
@@ -302,6 +318,9 @@ class Ideogram4Pipeline:
         if alpha is not None:
             scale = alpha
         model = self._lora_model(target)
+        if target == "unconditional_lora" and self.unconditional_transformer is not None:
+            raise ValueError("an unconditional LoRA replaces the unconditional transformer; load the pipeline with "
+                             "unconditional='lora' to use one")
         if name is not None and name in self._lora_files:
             raise ValueError(f"a LoRA named {name!r} is already loaded; unload it first or choose another name")
         report = apply_lora(model, path, name=name, scale=scale, merge=merge)
@@ -334,13 +353,24 @@ class Ideogram4Pipeline:
         return rows
 
     def _lora_model(self, target: str) -> torch.nn.Module:
-        if target == "transformer":
+        if target in ("transformer", "unconditional_lora"):
             return self.transformer
         if target == "unconditional_transformer":
             if self.unconditional_transformer is None:
                 raise ValueError("this pipeline has no unconditional_transformer to put a LoRA on")
             return self.unconditional_transformer
-        raise ValueError(f"LoRA target {target!r} is unknown; choose 'transformer' or 'unconditional_transformer'")
+        raise ValueError(
+            f"LoRA target {target!r} is unknown; choose 'transformer', 'unconditional_transformer' or 'unconditional_lora'"
+        )
+
+    def _pass_scales(self) -> tuple[dict[str, float], dict[str, float]] | None:
+        """With unconditional LoRAs on the conditional DiT: off in the conditional pass; in the
+        unconditional pass they are on and the conditional DiT's own LoRAs are off."""
+        on_dit = {name: target for name, (target, _) in self._lora_files.items() if target in ("transformer", "unconditional_lora")}
+        negative = [name for name, target in on_dit.items() if target == "unconditional_lora"]
+        if not negative or self.unconditional_transformer is not None:
+            return None
+        return {name: 0.0 for name in negative}, {name: 0.0 for name, target in on_dit.items() if target == "transformer"}
 
     def _lora_target(self, name: str) -> str:
         if name not in self._lora_files:

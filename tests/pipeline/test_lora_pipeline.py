@@ -137,3 +137,33 @@ def test_cli_names_a_missing_or_broken_lora(tiny_repos, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--lora" in err and "junk.safetensors" in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_an_unconditional_lora_serves_the_negative_pass_with_one_dit(tiny_repos, lora_files):
+    """Oracle: the same weights arranged as two DiTs — the conditional DiT with the conditional LoRA,
+    and a copy of it holding only the unconditional LoRA as the unconditional DiT — draw the same image."""
+    import copy
+    import warnings
+
+    from ideogram_app.lora import apply_lora
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one resident DiT by choice: no "not the trained configuration" warning
+        single = Ideogram4Pipeline.from_pretrained(str(tiny_repos["bf16"]), torch_dtype=torch.float32, memory="cpu",
+                                                   unconditional="lora")
+    assert single.unconditional_transformer is None
+    plain = array(single("a cat", **FAST))
+    single.load_lora(lora_files[0], scale=0.8)
+    single.load_lora(lora_files[1], target="unconditional_lora", scale=1.5)
+    image = single("a cat", **FAST)
+    assert [r["target"] for r in read_image_metadata(image)["settings"]["loras"]] == ["transformer", "unconditional_lora"]
+
+    pair = Ideogram4Pipeline.from_pretrained(str(tiny_repos["bf16"]), torch_dtype=torch.float32, memory="cpu",
+                                             unconditional="lora")
+    pair.unconditional_transformer = copy.deepcopy(pair.transformer)
+    apply_lora(pair.unconditional_transformer, lora_files[1], scale=1.5)
+    pair.load_lora(lora_files[0], scale=0.8)
+    assert np.array_equal(array(image), array(pair("a cat", **FAST)))
+    assert np.abs(array(image) - plain).mean() > 1.0
+    with pytest.raises(ValueError, match="unconditional='lora'"):
+        pair.load_lora(lora_files[1], target="unconditional_lora", name="again")
