@@ -1,11 +1,17 @@
 """Ideogram 4 Layout Studio: `python app.py [--model PATH_OR_ID] [--host] [--port] [--share] [--auth U:P]
-[--memory MODE] [--mcp]`. Hugging Face Spaces import `demo` from here."""
+[--admin USER] [--models-dir DIR] [--allow-hub] [--memory MODE] [--mcp]` (`--help` lists all). Hugging Face
+Spaces run this file; imported, it reads its options from the environment only."""
+import sys
+
 from ideogram_app.ui.app import build_demo
 from ideogram_app.ui.model_slot import ModelSlot
-from ideogram_app.ui.serving import main
+from ideogram_app.ui.policy import Policy
+from ideogram_app.ui.serving import parse_options, serve
 
+options = parse_options(sys.argv[1:] if __name__ == "__main__" else [])
+policy = Policy.from_options(options)
 slot = ModelSlot()
-demo = build_demo(slot)
+demo = build_demo(slot, policy=policy)
 
 if __name__ == "__main__":
-    main(demo, slot)
+    serve(demo, slot, options, policy)

@@ -1,6 +1,7 @@
 """The one loaded model of an app process, shared by every session (weights are far too big to
 load per user). Loading, unloading and generating all run under the app's single GPU concurrency
-group, so they queue instead of colliding; the lock here only guards the slot's own fields.
+group, so they queue instead of colliding; the lock here only guards the slot's own fields. Who
+may load or unload is decided before the slot is asked (policy.py).
 """
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from .markup import code, escape
 
 HOW_TO_GET_WEIGHTS = (
     "No model is loaded. Open the **Model** tab, pick a variant (or a local folder) and press **Load model**, "
@@ -24,8 +27,9 @@ class ModelNotLoadedError(RuntimeError):
 @dataclass
 class LoadedModel:
     pipe: Any
-    source: str
+    source: str  # what the loader was given (a folder, a repo id)
     memory: str
+    local: bool  # `source` was a folder on this server
 
 
 class ModelSlot:
@@ -45,36 +49,34 @@ class ModelSlot:
         return loaded
 
     def load(self, source: str, memory: str = "full") -> LoadedModel:
-        """Load `source` (local folder/file or hub id) with memory mode `memory`, replacing any model."""
+        """Load `source` (local folder/file or hub id) with memory mode `memory`, replacing any model.
+
+        The new pipeline is built while the current one keeps serving, and swapped in only once it
+        loaded: a failed load (a typo, a gated repo, a full disk) leaves every user's generation
+        working. The price is room for both models during the load; unload first where that does
+        not fit.
+        """
         from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
 
         source = (source or "").strip()
         if not source:
             raise ValueError("give a model: a local folder or a repo id such as ideogram-ai/ideogram-4-fp8")
-        self.unload()
+        local = Path(source).expanduser().exists()  # the loader's own rule (pipeline/hub.py)
         try:
             pipe = Ideogram4Pipeline.from_pretrained(source, memory=memory)
         except Exception as err:
             self.last_error = f"{type(err).__name__}: {err}"
             raise
         with self._lock:
-            self._loaded = LoadedModel(pipe, source, memory)
+            self._loaded = LoadedModel(pipe, source, memory, local)
             self.last_error = None
+        _release_memory()
         return self._loaded
 
     def unload(self) -> None:
         with self._lock:
             self._loaded = None
-        import gc
-
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        _release_memory()
 
     def token_counter(self) -> Callable[[str], int] | None:
         """The loaded model's exact prompt token count, or None (the UI then shows an estimate)."""
@@ -82,14 +84,33 @@ class ModelSlot:
         tokenizer = getattr(loaded.pipe, "tokenizer", None) if loaded else None
         return tokenizer.count if tokenizer is not None else None
 
-    def status(self) -> str:
+    def status(self, detail: bool = True) -> str:
+        """What is loaded, as Markdown. Without `detail` (for visitors who are not operators) a
+        local folder is named without its server path and the last failed load is not described."""
         loaded = self._loaded
         if loaded is None:
-            note = f"\n\nLast load failed: {self.last_error}" if self.last_error else ""
+            note = f"\n\nLast load failed: {escape(self.last_error)}" if self.last_error and detail else ""
             return "**No model loaded.** Composing and previews work; Generate needs a model." + note
-        where = loaded.source if not Path(loaded.source).exists() else f"local folder `{loaded.source}`"
+        if loaded.local:
+            where = f"local folder {code(loaded.source if detail else Path(loaded.source).name)}"
+        else:
+            where = code(loaded.source)
         device = getattr(getattr(loaded.pipe, "memory", None), "device", None)
         note = ("" if device is None or device.type != "cpu" else
                 " · runs on the **CPU** (no GPU found or `cpu` mode): fine for tiny test models, very slow for "
                 "the real one")
         return f"**Loaded:** {where} · memory mode `{loaded.memory}`{note}"
+
+
+def _release_memory() -> None:
+    """Return the memory of a model nobody references any more (host and GPU caches)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

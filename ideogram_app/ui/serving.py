@@ -1,7 +1,9 @@
 """Command line, environment and launch options: localhost, LAN, share links, Spaces.
 
 Every flag has an environment equivalent (flags win), so a Space or a container can configure the
-app without a command line.
+app without a command line. Combinations that cannot be served safely (`--admin` without `--auth`,
+`--mcp` with `--auth`, see `check_options`) stop the start with a usage error instead of starting
+something weaker than asked for. Who may change the model follows from these options (policy.py).
 """
 from __future__ import annotations
 
@@ -12,10 +14,14 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import gradio as gr
+from starlette.middleware import Middleware
 
+from ideogram_app.limits import DEFAULT_LIMITS
 from ideogram_app.pipeline.placement import MEMORY_MODES
 
+from .login_limit import MAX_FAILURES, WINDOW_S, LoginRateLimit
 from .model_slot import ModelSlot
+from .policy import Policy
 
 DEFAULT_QUEUE_SIZE = 32
 TRUE = {"1", "true", "yes", "on"}
@@ -28,7 +34,10 @@ class ServeOptions:
     host: str | None = None
     port: int | None = None
     share: bool = False
-    auth: tuple[str, str] | None = None
+    auth: tuple[tuple[str, str], ...] = ()  # (user, password) pairs; empty: no logins
+    admins: tuple[str, ...] = ()
+    models_dirs: tuple[str, ...] = ()
+    allow_hub: bool | None = None  # None: the policy's default (allowed only in the local default)
     mcp: bool = False
     queue_size: int = DEFAULT_QUEUE_SIZE
 
@@ -40,38 +49,98 @@ def parse_auth(text: str) -> tuple[str, str]:
     return user, password
 
 
+def _env_flag(environ: Mapping[str, str], name: str) -> bool | None:
+    value = environ.get(name, "").strip().lower()
+    return None if not value else value in TRUE
+
+
 def parse_options(argv: list[str] | None = None, environ: Mapping[str, str] = os.environ) -> ServeOptions:
     parser = argparse.ArgumentParser(prog="python app.py", description="Ideogram 4 Layout Studio (Gradio app).")
     parser.add_argument("--model", default=environ.get("IDEOGRAM_MODEL"),
-                        help="model to load at start: local folder or repo id (env IDEOGRAM_MODEL)")
+                        help="model to load at start: local folder or repo id (env IDEOGRAM_MODEL); it serves "
+                             "everyone and is not limited by --models-dir")
     parser.add_argument("--memory", choices=MEMORY_MODES, default=environ.get("IDEOGRAM_MEMORY", "full"),
                         help="memory mode for the model (env IDEOGRAM_MEMORY)")
     parser.add_argument("--host", default=environ.get("GRADIO_SERVER_NAME"),
                         help="address to listen on, e.g. 0.0.0.0 for the LAN (env GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=int(environ["GRADIO_SERVER_PORT"])
                         if environ.get("GRADIO_SERVER_PORT") else None, help="port (env GRADIO_SERVER_PORT)")
-    parser.add_argument("--share", action="store_true", default=environ.get("IDEOGRAM_SHARE", "").lower() in TRUE,
-                        help="create a public *.gradio.live link; pair it with --auth (env IDEOGRAM_SHARE=1)")
-    parser.add_argument("--auth", type=parse_auth, default=parse_auth(environ["IDEOGRAM_AUTH"])
-                        if environ.get("IDEOGRAM_AUTH") else None, help="require USER:PASSWORD (env IDEOGRAM_AUTH)")
-    parser.add_argument("--mcp", action="store_true", default=environ.get("GRADIO_MCP_SERVER", "").lower() in TRUE,
-                        help="also serve the public endpoints as MCP tools (env GRADIO_MCP_SERVER=1)")
+    parser.add_argument("--share", action="store_true", default=bool(_env_flag(environ, "IDEOGRAM_SHARE")),
+                        help="create a public *.gradio.live link; without --auth, model switching and training "
+                             "are disabled (env IDEOGRAM_SHARE=1)")
+    parser.add_argument("--auth", type=parse_auth, action="append", metavar="USER:PASSWORD",
+                        help="require a login; repeat for more users (env IDEOGRAM_AUTH, one USER:PASSWORD a line)")
+    parser.add_argument("--admin", action="append", metavar="USER",
+                        help="an --auth user who may load/unload models and train; repeatable "
+                             "(env IDEOGRAM_ADMINS, comma-separated)")
+    parser.add_argument("--models-dir", action="append", metavar="DIR",
+                        help="folder whose model folders operators may load; repeatable "
+                             f"(env IDEOGRAM_MODELS_DIRS, separated by {os.pathsep!r})")
+    parser.add_argument("--allow-hub", action=argparse.BooleanOptionalAction, default=None,
+                        help="whether operators may load Hub ids (default: only in the local default; "
+                             "env IDEOGRAM_ALLOW_HUB=1/0)")
+    parser.add_argument("--mcp", action="store_true", default=bool(_env_flag(environ, "GRADIO_MCP_SERVER")),
+                        help="also serve the public endpoints as MCP tools; not with --auth (env GRADIO_MCP_SERVER=1)")
     parser.add_argument("--queue-size", type=int, default=int(environ.get("IDEOGRAM_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)),
                         help="most requests waiting in the queue (env IDEOGRAM_QUEUE_SIZE)")
     args = parser.parse_args(argv)
-    return ServeOptions(model=args.model, memory=args.memory, host=args.host, port=args.port, share=args.share,
-                        auth=args.auth, mcp=args.mcp, queue_size=args.queue_size)
+    try:
+        auth = tuple(args.auth) if args.auth else tuple(
+            parse_auth(line.strip()) for line in environ.get("IDEOGRAM_AUTH", "").splitlines() if line.strip())
+    except argparse.ArgumentTypeError as err:
+        parser.error(f"{err} (from IDEOGRAM_AUTH)")
+    admins = tuple(args.admin) if args.admin else tuple(
+        name.strip() for name in environ.get("IDEOGRAM_ADMINS", "").split(",") if name.strip())
+    models_dirs = tuple(args.models_dir) if args.models_dir else tuple(
+        d for d in environ.get("IDEOGRAM_MODELS_DIRS", "").split(os.pathsep) if d.strip())
+    allow_hub = args.allow_hub if args.allow_hub is not None else _env_flag(environ, "IDEOGRAM_ALLOW_HUB")
+    options = ServeOptions(model=args.model, memory=args.memory, host=args.host, port=args.port, share=args.share,
+                           auth=auth, admins=admins, models_dirs=models_dirs, allow_hub=allow_hub, mcp=args.mcp,
+                           queue_size=args.queue_size)
+    problem = check_options(options)
+    if problem:
+        parser.error(problem)
+    return options
 
 
-def launch_kwargs(options: ServeOptions) -> dict:
+def check_options(options: ServeOptions) -> str | None:
+    """What is wrong with a combination of options (the flag parser exits with it), or None."""
+    users = [user for user, _ in options.auth]
+    twice = sorted({user for user in users if users.count(user) > 1})
+    if twice:
+        return f"--auth (IDEOGRAM_AUTH): user {twice[0]!r} is given twice"
+    if options.admins and not options.auth:
+        return "--admin (IDEOGRAM_ADMINS) needs --auth: operators are users who sign in"
+    unknown = [admin for admin in options.admins if admin not in users]
+    if unknown:
+        return f"--admin {unknown[0]!r}: no --auth user has that name (users: {', '.join(users)})"
+    missing = [d for d in options.models_dirs if not os.path.isdir(os.path.expanduser(d))]
+    if missing:
+        return f"--models-dir (IDEOGRAM_MODELS_DIRS) {missing[0]!r} is not a folder"
+    if options.mcp and options.auth:
+        return ("--mcp cannot be combined with --auth: Gradio 6.31 serves the MCP tool list without a login and "
+                "its tool calls fail for signed-in clients, so MCP would be open to anyone and useless to your "
+                "users. Drop --mcp, or run a second instance with --mcp on localhost without --auth.")
+    return None
+
+
+def launch_kwargs(options: ServeOptions, environ: Mapping[str, str] = os.environ) -> dict:
     kwargs: dict = {"share": options.share, "mcp_server": options.mcp, "footer_links": ["api", "gradio", "settings"]}
+    # Uploads over the limit are refused by Gradio's upload route. show_error: every handler turns its own
+    # failures into messages (wiring.py, api.py); what is left are Gradio's checks of a request (too few
+    # inputs, a value its component cannot read), whose messages must reach the client too.
+    kwargs.update(max_file_size=DEFAULT_LIMITS.max_upload_bytes, show_error=True)
     if options.host:
         kwargs["server_name"] = options.host
     if options.port:
         kwargs["server_port"] = options.port
     if options.auth:
-        kwargs["auth"] = options.auth
-        kwargs["auth_message"] = "Ideogram 4 Layout Studio: sign in with the credentials given to you."
+        kwargs["auth"] = list(options.auth)
+        kwargs["auth_message"] = (
+            "Ideogram 4 Layout Studio: sign in with the credentials given to you. After "
+            f"{MAX_FAILURES} failed sign-ins from one address within {WINDOW_S:g} s, sign-in is refused for a while.")
+        # Behind the Spaces proxy every connection comes from the proxy: count by X-Forwarded-For.
+        kwargs["app_kwargs"] = {"middleware": [Middleware(LoginRateLimit, trust_proxy=bool(environ.get("SPACE_ID")))]}
     return kwargs
 
 
@@ -88,6 +157,8 @@ def prepare(demo: gr.Blocks, slot: ModelSlot, options: ServeOptions) -> gr.Block
     return demo.queue(default_concurrency_limit=1, max_size=options.queue_size)
 
 
-def main(demo: gr.Blocks, slot: ModelSlot, argv: list[str] | None = None) -> None:
-    options = parse_options(argv)
+def serve(demo: gr.Blocks, slot: ModelSlot, options: ServeOptions, policy: Policy) -> None:
+    """Say who may change the model, load the start-up model and launch (blocks until stopped)."""
+    for note in policy.startup_notes():
+        print(note, flush=True)
     prepare(demo, slot, options).launch(**launch_kwargs(options))

@@ -1,6 +1,7 @@
 """Serving: flags and their environment equivalents, launch options, ZeroGPU wrapping, and a real
 `python app.py` start on a machine without weights."""
 import json
+import os
 import sys
 import types
 import urllib.error
@@ -10,6 +11,7 @@ import pytest
 
 from ideogram_app.ui import zerogpu
 from ideogram_app.ui.app import build_demo
+from ideogram_app.ui.login_limit import LoginRateLimit
 from ideogram_app.ui.model_slot import ModelSlot
 from ideogram_app.ui.serving import ServeOptions, launch_kwargs, parse_options, prepare
 from tests.ui.conftest import start_app, stop_app
@@ -19,36 +21,62 @@ def test_defaults_without_flags_or_environment():
     assert parse_options([], environ={}) == ServeOptions()
 
 
-def test_flags():
+def test_flags(tmp_path):
     options = parse_options(["--model", "/models/i4", "--host", "0.0.0.0", "--port", "7870", "--share",
-                             "--auth", "ann:s3:cret", "--memory", "offload", "--mcp", "--queue-size", "5"], environ={})
+                             "--auth", "ann:s3:cret", "--auth", "bob:pw", "--admin", "bob", "--models-dir",
+                             str(tmp_path), "--no-allow-hub", "--memory", "offload", "--queue-size", "5"], environ={})
     assert options == ServeOptions(model="/models/i4", memory="offload", host="0.0.0.0", port=7870, share=True,
-                                   auth=("ann", "s3:cret"), mcp=True, queue_size=5)
+                                   auth=(("ann", "s3:cret"), ("bob", "pw")), admins=("bob",),
+                                   models_dirs=(str(tmp_path),), allow_hub=False, queue_size=5)
+    assert parse_options(["--mcp"], environ={}).mcp is True
 
 
-def test_environment_equivalents_and_flags_win():
+def test_environment_equivalents_and_flags_win(tmp_path):
     env = {"IDEOGRAM_MODEL": "ideogram-ai/ideogram-4-fp8", "IDEOGRAM_MEMORY": "cpu", "GRADIO_SERVER_NAME": "0.0.0.0",
-           "GRADIO_SERVER_PORT": "9000", "IDEOGRAM_SHARE": "1", "IDEOGRAM_AUTH": "u:p", "GRADIO_MCP_SERVER": "true",
-           "IDEOGRAM_QUEUE_SIZE": "3"}
+           "GRADIO_SERVER_PORT": "9000", "IDEOGRAM_SHARE": "1", "IDEOGRAM_AUTH": "u:p\nroot:pw:x\n",
+           "IDEOGRAM_ADMINS": "root, u", "IDEOGRAM_MODELS_DIRS": f"{tmp_path}{os.pathsep}{tmp_path}",
+           "IDEOGRAM_ALLOW_HUB": "1", "IDEOGRAM_QUEUE_SIZE": "3"}
     options = parse_options([], environ=env)
     assert options == ServeOptions(model="ideogram-ai/ideogram-4-fp8", memory="cpu", host="0.0.0.0", port=9000,
-                                   share=True, auth=("u", "p"), mcp=True, queue_size=3)
-    assert parse_options(["--port", "9100", "--model", "/x"], environ=env).port == 9100
+                                   share=True, auth=(("u", "p"), ("root", "pw:x")), admins=("root", "u"),
+                                   models_dirs=(str(tmp_path), str(tmp_path)), allow_hub=True, queue_size=3)
+    flags = parse_options(["--port", "9100", "--model", "/x", "--auth", "v:q", "--admin", "v", "--no-allow-hub"],
+                          environ=env)
+    assert (flags.port, flags.auth, flags.admins, flags.allow_hub) == (9100, (("v", "q"),), ("v",), False)
+    assert parse_options([], environ={"GRADIO_MCP_SERVER": "true"}).mcp is True
 
 
-@pytest.mark.parametrize("argv", [["--auth", "nopassword"], ["--memory", "turbo"], ["--port", "http"]])
-def test_bad_flags_exit_with_a_usage_error(argv, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--auth", "nopassword"], "--auth needs USER:PASSWORD"),
+    (["--memory", "turbo"], "--memory"),
+    (["--port", "http"], "--port"),
+    (["--admin", "ann"], "--admin (IDEOGRAM_ADMINS) needs --auth"),
+    (["--auth", "ann:pw", "--admin", "bob"], "--admin 'bob': no --auth user has that name (users: ann)"),
+    (["--auth", "ann:pw", "--auth", "ann:other"], "user 'ann' is given twice"),
+    (["--models-dir", "/no/such/folder"], "--models-dir (IDEOGRAM_MODELS_DIRS) '/no/such/folder' is not a folder"),
+    (["--mcp", "--auth", "ann:pw"], "--mcp cannot be combined with --auth"),
+])
+def test_bad_flags_exit_with_a_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_options(argv, environ={})
     assert exit_info.value.code == 2
-    assert argv[0] in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_environment_names_its_variable(capsys):
+    with pytest.raises(SystemExit):
+        parse_options([], environ={"IDEOGRAM_AUTH": "ann"})
+    assert "(from IDEOGRAM_AUTH)" in capsys.readouterr().err
 
 
 def test_launch_kwargs():
-    kwargs = launch_kwargs(ServeOptions(host="0.0.0.0", port=7870, share=True, auth=("u", "p"), mcp=True))
+    kwargs = launch_kwargs(ServeOptions(host="0.0.0.0", port=7870, share=True, auth=(("u", "p"),), mcp=True))
     assert kwargs["server_name"] == "0.0.0.0" and kwargs["server_port"] == 7870
-    assert kwargs["share"] is True and kwargs["auth"] == ("u", "p") and kwargs["mcp_server"] is True
-    assert "server_name" not in launch_kwargs(ServeOptions())
+    assert kwargs["share"] is True and kwargs["auth"] == [("u", "p")] and kwargs["mcp_server"] is True
+    assert [m.cls for m in kwargs["app_kwargs"]["middleware"]] == [LoginRateLimit]
+    assert "5 failed sign-ins" in kwargs["auth_message"]
+    plain = launch_kwargs(ServeOptions())
+    assert "server_name" not in plain and "auth" not in plain and "app_kwargs" not in plain
 
 
 def test_on_gpu_is_a_no_op_without_spaces(monkeypatch):
@@ -106,7 +134,7 @@ def test_one_gpu_group_a_bounded_queue_and_private_glue():
 def test_auth_is_required_when_asked_for(tmp_path):
     from gradio_client import Client
 
-    proc, url, log = start_app(["--auth", "ann:secret"], tmp_path)
+    proc, url, log = start_app(["--auth", "ann:secret", "--auth", "bob:pw"], tmp_path)
     try:
         with pytest.raises(urllib.error.HTTPError) as denied:
             urllib.request.urlopen(url + "gradio_api/info", timeout=10)
@@ -118,5 +146,6 @@ def test_auth_is_required_when_asked_for(tmp_path):
                                 api_name="/validate_caption")
         assert [i["code"] for i in issues] == ["missing_description"]
         client.close()
+        Client(url, verbose=False, auth=("bob", "pw")).close()
     finally:
         stop_app(proc)

@@ -2,10 +2,12 @@
 
 One model is loaded per app process and shared by every session (model_slot.py); loading and
 unloading run in the GPU concurrency group, so they queue behind generations instead of colliding.
+Only an operator may change it (policy.py): the controls start disabled and the page-load event
+enables them for operators, and every handler that loads, unloads, lists the models directories
+or reads a model folder asks the policy again with the event's `gr.Request` — a visitor can call
+these private events directly, so the disabled buttons are a courtesy, not the check.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import gradio as gr
 
@@ -13,7 +15,9 @@ from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.pipeline.placement import MEMORY_MODES
 
 from ..generation import checked_size
+from ..markup import code, escape
 from ..model_slot import ModelSlot
+from ..policy import CHANGE_MODEL, HUB_PREFIXES, NotAllowedError, Policy
 from ..wiring import GLUE, GPU, Components, emits
 
 VARIANTS: dict[str, str] = {
@@ -29,69 +33,109 @@ MEMORY_HELP = ("`full`: everything on the GPU (fastest). `offload`: each part vi
                "accepted on the model page and `HF_TOKEN` set.")
 # The estimate is for one image of the size chosen in the Compose tab.
 ESTIMATE_INPUTS = ["variant", "model_source", "memory", "width", "height"]
+# What an operator may use; disabled for everyone else (and for everyone until the page has loaded).
+CONTROLS = ("variant", "model_source", "memory", "model_folder", "load_model", "unload_model")
 
 
 class ModelTab:
-    def __init__(self, slot: ModelSlot, limits: Limits = DEFAULT_LIMITS):
+    def __init__(self, slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, policy: Policy = Policy()):
         self.slot = slot
         self.limits = limits
+        self.policy = policy
 
     def build(self, ui: Components) -> None:
         """Create the tab's components inside the current gr.Tab and wire their events. Reads the
         size controls of the Compose tab, which must be built first."""
         ui.add("model_status", gr.Markdown(elem_id="model-status"))
+        ui.add("model_policy", gr.Markdown(elem_id="model-policy"))
         with gr.Row():
-            ui.add("variant", gr.Dropdown(list(VARIANTS), value=next(iter(VARIANTS)), label="Variant"))
-            ui.add("model_source", gr.Textbox(next(iter(VARIANTS.values())), label="Repo id or local folder"))
-            ui.add("memory", gr.Radio(list(MEMORY_MODES), value="full", label="Memory mode"))
+            ui.add("variant", gr.Dropdown(list(VARIANTS), value=next(iter(VARIANTS)), label="Variant",
+                                          interactive=False))
+            ui.add("model_source", gr.Textbox(next(iter(VARIANTS.values())), label="Repo id or local folder",
+                                              interactive=False))
+            ui.add("memory", gr.Radio(list(MEMORY_MODES), value="full", label="Memory mode", interactive=False))
+        ui.add("model_folder", gr.Dropdown([], value=None, label="Folders in the models directories",
+                                           visible=bool(self.policy.models_dirs), interactive=False))
         ui.add("model_estimate", gr.Markdown())
         with gr.Row():
-            ui.add("load_model", gr.Button("Load model", variant="primary"))
-            ui.add("unload_model", gr.Button("Unload"))
+            ui.add("load_model", gr.Button("Load model", variant="primary", interactive=False))
+            ui.add("unload_model", gr.Button("Unload", interactive=False))
         gr.Markdown(MEMORY_HELP)
 
         ui.on(ui.demo.load, self.on_page_load, ESTIMATE_INPUTS, api_visibility="private", show_progress="hidden")
         ui.on(ui["variant"].input, self.on_variant, ["variant"], **GLUE)
+        ui.on(ui["model_folder"].input, self.on_folder, ["model_folder"], **GLUE)
         ui.on([ui[name].change for name in ESTIMATE_INPUTS[:3]], self.on_estimate, ESTIMATE_INPUTS, **GLUE)
         ui.on(ui["load_model"].click, self.on_load_model, ["model_source", "memory"], api_visibility="private",
               concurrency_id=GPU, concurrency_limit=1, show_progress_on=[ui["model_status"]])
         ui.on(ui["unload_model"].click, self.on_unload_model, api_visibility="private", concurrency_id=GPU,
               concurrency_limit=1)
 
-    @emits("model_status", "model_estimate")
-    def on_page_load(self, variant: str, source: str, memory: str, width, height) -> dict:
-        return {"model_status": self.slot.status(), **self.on_estimate(variant, source, memory, width, height)}
+    @emits("model_status", "model_estimate", "model_policy", *CONTROLS)
+    def on_page_load(self, variant: str, source: str, memory: str, width, height, request: gr.Request) -> dict:
+        operator = self.policy.is_operator(request)
+        enabled = {name: gr.update(interactive=operator) for name in CONTROLS}
+        if operator:
+            enabled["model_folder"] = gr.update(choices=self.policy.model_folders(), interactive=True)
+            note = escape(f"You may load and unload the model. Model sources allowed here: "
+                          f"{self.policy.describe_sources()}.")
+        else:
+            note = f"**Read-only.** {escape(self.policy.refusal(request, CHANGE_MODEL))}"
+        return {"model_status": self.slot.status(detail=operator), "model_policy": note, **enabled,
+                **self.on_estimate(variant, source, memory, width, height, request)}
 
     @emits("model_source")
     def on_variant(self, variant: str) -> dict:
         return {"model_source": VARIANTS.get(variant, "")}
 
+    @emits("variant", "model_source")
+    def on_folder(self, folder: str) -> dict:
+        """A folder picked from the list (which only operators are given) goes into the source box."""
+        return {"variant": "local folder", "model_source": folder or ""}
+
     @emits("model_estimate")
-    def on_estimate(self, variant: str, source: str, memory: str, width, height) -> dict:
+    def on_estimate(self, variant: str, source: str, memory: str, width, height, request: gr.Request) -> dict:
+        """Memory needed for one image. An operator's local folder is measured from its weight files;
+        for everyone else (and Hub ids) the variant's published sizes are used, so the estimate
+        never tells a visitor whether a server path exists."""
         from ideogram_app.pipeline.estimate import KNOWN_WEIGHTS, estimate_memory, weight_bytes_from_files
 
         try:
             size = checked_size(width, height, self.limits)
-            if source and Path(source).expanduser().is_dir():
-                weights = weight_bytes_from_files(Path(source).expanduser())
-            else:
-                weights = KNOWN_WEIGHTS[WEIGHT_FAMILY.get(variant, "fp8")]
+            weights = KNOWN_WEIGHTS[WEIGHT_FAMILY.get(variant, "fp8")]
+            if self.policy.is_operator(request):
+                target = self.policy.resolve_source(source)
+                if not target.startswith(HUB_PREFIXES):
+                    weights = weight_bytes_from_files(target)
             estimate = estimate_memory(weights, memory, height=size.height, width=size.width)
-        except (ValueError, OSError) as err:  # SettingsError for the size, unknown mode, unreadable headers
-            return {"model_estimate": f"Cannot estimate: {err}"}
+        except (ValueError, OSError) as err:  # SettingsError for the size, unknown mode, unreadable headers, policy
+            return {"model_estimate": f"Cannot estimate: {escape(err)}"}
         return {"model_estimate": f"Needs {estimate.describe()} for one {size.width}×{size.height} image in "
-                                  f"`{memory}` mode."}
+                                  f"{code(memory)} mode."}
 
     @emits("model_status")
-    def on_load_model(self, source: str, memory: str, progress=gr.Progress(track_tqdm=True)) -> dict:
-        progress(0, desc=f"loading {source}")
+    def on_load_model(self, source: str, memory: str, request: gr.Request,
+                      progress=gr.Progress(track_tqdm=True)) -> dict:
         try:
-            self.slot.load(source, memory)
-        except Exception as err:
-            raise gr.Error(f"Could not load {source!r}: {err}", duration=None) from None
+            self.policy.require(request, CHANGE_MODEL)
+            target = self.policy.resolve_source(source)
+        except NotAllowedError as err:
+            raise gr.Error(str(err), duration=None) from None
+        if memory not in MEMORY_MODES:
+            raise gr.Error(f"Memory mode {memory!r} is unknown; choose one of {', '.join(MEMORY_MODES)}")
+        progress(0, desc=f"loading {target}")
+        try:
+            self.slot.load(target, memory)
+        except Exception as err:  # the working model still serves (ModelSlot.load swaps only on success)
+            still = " The model loaded before still serves." if self.slot.loaded else ""
+            raise gr.Error(f"Could not load {source!r}: {str(err).rstrip('.')}.{still}", duration=None) from None
         return {"model_status": self.slot.status()}
 
     @emits("model_status")
-    def on_unload_model(self) -> dict:
+    def on_unload_model(self, request: gr.Request) -> dict:
+        try:
+            self.policy.require(request, CHANGE_MODEL)
+        except NotAllowedError as err:
+            raise gr.Error(str(err), duration=None) from None
         self.slot.unload()
         return {"model_status": self.slot.status()}
