@@ -13,6 +13,7 @@ from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS
 
 from .api import PublicApi
 from .model_slot import ModelSlot
+from .policy import Policy
 from .results import output_dir
 from .tabs.compose import ComposeTab
 from .tabs.model import ModelTab
@@ -35,12 +36,13 @@ sees is the canonical compact JSON (`/format_caption`); prompts are limited to {
 ### API and MCP
 Public endpoints: `/generate`, `/validate_caption`, `/format_caption`, `/render_layout` — see "Use via API" in the
 footer, or call them with `gradio_client`. Start the app with `--mcp` to expose the same four functions as MCP tools
-at `/gradio_api/mcp/`.
+at `/gradio_api/mcp/` (not together with a login: see docs/app.md, "Who may do what").
 """
 
 
-def build_demo(slot: ModelSlot, limits: Limits = DEFAULT_LIMITS) -> gr.Blocks:
-    """The whole app for one model slot; every request is checked against `limits`."""
+def build_demo(slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, policy: Policy = Policy()) -> gr.Blocks:
+    """The whole app for one model slot; every request is checked against `limits`, and `policy`
+    decides who may change the model (the default: `python app.py` on this machine)."""
     gr.set_static_paths([str(output_dir())])
     with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
         ui = Components(demo)
@@ -48,7 +50,7 @@ def build_demo(slot: ModelSlot, limits: Limits = DEFAULT_LIMITS) -> gr.Blocks:
         with gr.Tab("Compose & generate"):
             ComposeTab(slot, limits).build(ui)
         with gr.Tab("Model"):
-            ModelTab(slot, limits).build(ui)
+            ModelTab(slot, limits, policy).build(ui)
         with gr.Tab("About & licence"):
             gr.Markdown(ABOUT)
         PublicApi(slot, limits).register()
