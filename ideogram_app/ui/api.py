@@ -2,12 +2,22 @@
 
 They take and return plain values, so `gradio_client` and MCP agents can call them; type hints and
 docstrings become the API page and the MCP tool descriptions (Gradio reads the hints at run time,
-so this module must not use postponed annotations). Bad input raises `gr.Error` with a message
-that says what is wrong and where, before any heavy work. The generation parameters are
+so this module must not use postponed annotations). The generation parameters are
 `GenerationSettings` fields under their own names, so the settings' messages name them as they
 are; their defaults are the settings' defaults. (Issue paths are returned as `json_path`:
 gradio_client would take a dict key named `path` for a file to download.)
+
+Every call is checked before any work, cheapest first: the caption's type, size in characters and
+characters (`checked_caption`), then sizes, seeds and counts (`GenerationSettings`, `Limits`), then
+the model, then parsing and tokenizing. Each endpoint is registered through `_guarded`: a refused
+request raises `gr.Error` with its message, and anything unexpected (a bug, running out of memory)
+is logged and reported as what failed and how, so no error reaches a client without a message.
+Messages are plain text (API clients are not browsers), with lone surrogates replaced so that the
+response can be encoded.
 """
+import functools
+import logging
+
 import gradio as gr
 from gradio.data_classes import FileData
 
@@ -15,28 +25,51 @@ from ideogram_app.caption import (Caption, CaptionFormatError, CaptionSyntaxErro
                                   to_json, verify)
 from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.pipeline.sampling import PRESETS
-from ideogram_app.pipeline.settings import RANDOM_SEED, SEED_MAX, GenerationSettings, SettingsError
+from ideogram_app.pipeline.settings import RANDOM_SEED, SEED_MAX, GenerationSettings
 from ideogram_app.pipeline.sizes import MULTIPLE, RECOMMENDED_MAX, RECOMMENDED_MIN
 
-from .generation import DEFAULTS, checked_size, run_generation
+from .generation import DEFAULTS, JSON_TYPES, GenerationFailed, checked_caption, checked_size, generate_images
 from .model_slot import ModelNotLoadedError, ModelSlot
-from .results import save_preview, save_results
-from .wiring import GPU
+from .results import API_FOLDER, owner_folder, results_dir, save_preview, save_results
+from .wiring import GPU, describe_failure, json_safe
+
+MAX_MESSAGE_CHARS = 2000  # a message quoting a 300-digit number is still one readable line
+log = logging.getLogger(__name__)
 
 
-def caption_or_error(caption: str) -> Caption:
+def caption_or_error(caption: str, limits: Limits) -> Caption:
     """API input -> Caption, or gr.Error saying exactly what is wrong and where."""
-    if not isinstance(caption, str) or not caption.strip():
-        raise gr.Error("caption is empty; pass a JSON caption (see /format_caption) as a string")
     try:
-        parsed = parse(caption)
+        parsed = parse(checked_caption(caption, limits))
     except CaptionSyntaxError as err:
         raise gr.Error(f"caption is not valid JSON: line {err.line}, column {err.column}: {err.reason}") from None
     except CaptionFormatError as err:
         raise gr.Error("caption is not a valid caption: " + "; ".join(str(i) for i in err.issues)) from None
+    except ValueError as err:  # type, size, characters
+        raise gr.Error(str(err)) from None
     if isinstance(parsed, PlainText):
         raise gr.Error("caption is plain text; this endpoint needs a JSON caption with compositional_deconstruction")
     return parsed
+
+
+def _plain(message: str) -> str:
+    message = json_safe(message)
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
+
+
+def _guarded(endpoint):
+    """`endpoint` as registered: its refusals keep their message, anything else is described."""
+    @functools.wraps(endpoint)  # the signature, hints and docstring stay the endpoint's
+    def guarded(*args, **kwargs):
+        try:
+            return json_safe(endpoint(*args, **kwargs))
+        except gr.Error as err:
+            raise gr.Error(_plain(err.message), duration=err.duration, print_exception=False) from None
+        except Exception as err:
+            log.exception("/%s failed", endpoint.__name__)
+            raise gr.Error(_plain(describe_failure(f"/{endpoint.__name__}", err)), print_exception=False) from None
+
+    return guarded
 
 
 class PublicApi:
@@ -46,14 +79,14 @@ class PublicApi:
 
     def register(self) -> None:
         """Add the endpoints to the Blocks being built (generation joins the GPU concurrency group)."""
-        gr.api(self.generate, api_name="generate", concurrency_id=GPU, concurrency_limit=1)
-        gr.api(self.validate_caption, api_name="validate_caption", concurrency_limit=4)
-        gr.api(self.format_caption, api_name="format_caption", concurrency_limit=4)
-        gr.api(self.render_layout, api_name="render_layout", concurrency_limit=4)
+        gr.api(_guarded(self.generate), api_name="generate", concurrency_id=GPU, concurrency_limit=1)
+        gr.api(_guarded(self.validate_caption), api_name="validate_caption", concurrency_limit=4)
+        gr.api(_guarded(self.format_caption), api_name="format_caption", concurrency_limit=4)
+        gr.api(_guarded(self.render_layout), api_name="render_layout", concurrency_limit=4)
 
     def generate(self, caption: str, width: int = DEFAULTS["width"], height: int = DEFAULTS["height"],
                  preset: str = DEFAULTS["preset"], seed: int = RANDOM_SEED,
-                 num_images: int = DEFAULTS["num_images"]) -> tuple[list[FileData], dict]:
+                 num_images: int = DEFAULTS["num_images"], request: gr.Request = None) -> tuple[list[FileData], dict]:
         """Generate Ideogram 4 images from a caption.
 
         Args:
@@ -67,18 +100,18 @@ class PublicApi:
         Returns:
             The PNG files (caption and settings in their metadata) and the settings used.
         """
-        if not isinstance(caption, str) or not caption.strip():
-            raise gr.Error("caption is empty; pass a JSON caption or a plain-text prompt")
         try:
+            caption = checked_caption(caption, self.limits)
             settings = GenerationSettings(width=width, height=height, preset=preset, seed=seed, num_images=num_images,
                                           limits=self.limits)
             pipe = self.slot.require().pipe
-            request = pipe.prepare(caption, settings)  # caption, token count
-            images = run_generation(pipe, request)
-        except (ValueError, ModelNotLoadedError) as err:  # settings, caption, token count, no model
+            prepared = pipe.prepare(caption, settings)  # caption, token count
+            images = generate_images(pipe, prepared)
+        except (ValueError, ModelNotLoadedError, GenerationFailed) as err:  # input, no model, out of memory
             raise gr.Error(str(err)) from None
-        results = save_results(images)
-        return [FileData(path=r["path"]) for r in results], {"prompt": request.prompt.text,
+        username = getattr(request, "username", None)
+        results = save_results(images, results_dir(owner_folder(username) if username else API_FOLDER))
+        return [FileData(path=r["path"]) for r in results], {"prompt": prepared.prompt.text,
                                                              "images": [r["settings"] for r in results]}
 
     generate.__doc__ = generate.__doc__.format(
@@ -97,7 +130,11 @@ class PublicApi:
             One entry per issue with code, json_path (such as compositional_deconstruction.elements[0].bbox; "" is the whole caption), message and severity ("error" or "warning"); an empty list means valid and canonical.
         """
         if not isinstance(caption, str):
-            raise gr.Error("caption must be a string of JSON text")
+            raise gr.Error(f"caption must be a string of JSON text, got {JSON_TYPES.get(type(caption), 'another type')}")
+        try:
+            self.limits.check_caption_chars(caption)
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
         return [{"code": i.code, "json_path": i.path, "message": i.message, "severity": i.severity}
                 for i in verify(caption)]
 
@@ -110,7 +147,7 @@ class PublicApi:
         Returns:
             The canonical compact JSON string the model is given.
         """
-        return to_json(caption_or_error(caption))
+        return to_json(caption_or_error(caption, self.limits))
 
     def render_layout(self, caption: str, width: int = DEFAULTS["width"], height: int = DEFAULTS["height"]) -> FileData:
         """Draw a caption's boxes as a layout preview PNG (obj boxes blue, text boxes red, labelled).
@@ -123,9 +160,10 @@ class PublicApi:
         Returns:
             The preview PNG.
         """
-        parsed = caption_or_error(caption)
         try:
+            checked_caption(caption, self.limits)
             size = checked_size(width, height, self.limits)
-        except SettingsError as err:
+        except ValueError as err:  # SettingsError for the size
             raise gr.Error(str(err)) from None
+        parsed = caption_or_error(caption, self.limits)
         return FileData(path=save_preview(render_layout(parsed, size.width, size.height)))

@@ -8,6 +8,7 @@ the caption core's `pixels_to_bbox`, the project's only pixel <-> 0-1000 convers
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -66,10 +67,13 @@ def _index(state: EditorState, payload: dict) -> int:
 
 def _rect(payload: dict) -> tuple[list[float], float, float]:
     rect, size = payload.get("rect"), payload.get("size")
-    numbers = (int, float)
-    if not (isinstance(rect, list) and len(rect) == 4 and all(isinstance(v, numbers) for v in rect)):
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not (isinstance(rect, list) and len(rect) == 4 and all(number(v) for v in rect)):
         raise CanvasOpError(f"canvas event has rect {rect!r}; expected [x0, y0, x1, y1] in pixels")
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, numbers) and v > 0 for v in size)):
+    if not (isinstance(size, list) and len(size) == 2 and all(number(v) and v > 0 for v in size)):
         raise CanvasOpError(f"canvas event has size {size!r}; expected [width, height] > 0 in pixels")
     return [float(v) for v in rect], float(size[0]), float(size[1])
 
@@ -295,6 +299,26 @@ def ingest_json(state: EditorState, text: str) -> JsonResult:
     new.caption = parsed.to_dict()
     new.selected = clamp_selection(state.selected, len(new.elements))
     return JsonResult(new, "Caption updated from the JSON editor.", [], True)
+
+
+def restore(text: str) -> EditorState:
+    """A fresh state holding `text`, the caption a browser kept (see `saved_copy`); no undo history.
+    Raises ValueError saying why the text cannot be restored."""
+    try:
+        parsed = parse(text)
+    except CaptionSyntaxError as err:
+        raise ValueError(f"it is not valid JSON (line {err.line}, column {err.column}: {err.reason})") from None
+    except CaptionFormatError as err:
+        raise ValueError("it is not a caption: " + "; ".join(str(i) for i in err.issues)) from None
+    if isinstance(parsed, PlainText):
+        return EditorState(plain_text=parsed.text)
+    caption = parsed.to_dict()
+    return EditorState(caption=caption, selected=0 if caption["compositional_deconstruction"]["elements"] else None)
+
+
+def saved_copy(state: EditorState) -> dict:
+    """What the browser keeps of a state: the caption as shown in the JSON editor and the size."""
+    return {"caption": prompt_text(state), "width": state.width, "height": state.height}
 
 
 def load_caption(state: EditorState, caption: Caption) -> EditorState:

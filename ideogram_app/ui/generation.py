@@ -7,6 +7,7 @@ between widgets and fields.
 """
 from __future__ import annotations
 
+import gc
 import threading
 from dataclasses import MISSING, fields
 from typing import Any, Callable, Mapping
@@ -17,6 +18,7 @@ from ideogram_app.limits import Limits
 from ideogram_app.pipeline.sampling import PRESETS
 from ideogram_app.pipeline.settings import RANDOM_SEED, GenerationSettings, SettingsError
 
+from .wiring import check_text, is_out_of_memory
 from .zerogpu import on_gpu
 
 # The field defaults of GenerationSettings, for the controls' initial values and the API's defaults.
@@ -45,6 +47,24 @@ def settings_from_controls(*, preset: str, width, height, seed, randomize: bool,
         seed=RANDOM_SEED if randomize else seed, num_images=num_images,
         input_image=input_image or None, denoising_strength=strength if input_image else None, limits=limits,
     )
+
+
+JSON_TYPES = {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "a list",
+              dict: "an object", type(None): "null"}
+
+
+def checked_caption(caption: Any, limits: Limits, name: str = "caption") -> str:
+    """The caption text of a request, checked before it is parsed or tokenized: a string (JSON
+    text or a plain-text prompt), not blank, within `limits.max_caption_chars`, made of characters
+    only (a lone UTF-16 surrogate cannot be tokenized or stored). Raises ValueError naming `name`."""
+    if not isinstance(caption, str):
+        raise ValueError(f"{name} must be a string (JSON text or a plain-text prompt), got "
+                         f"{JSON_TYPES.get(type(caption), type(caption).__name__)}")
+    limits.check_caption_chars(caption)
+    check_text(name, caption, limits)
+    if not caption.strip():
+        raise ValueError(f"{name} is empty; pass a JSON caption or a plain-text prompt")
+    return caption
 
 
 def checked_size(width, height, limits: Limits) -> GenerationSettings:
@@ -93,3 +113,30 @@ def _run_generation(pipe, request, on_step: Callable[[int, int], None] | None = 
 
 
 run_generation = on_gpu(_run_generation, duration=lambda pipe, request, *args, **kwargs: gpu_seconds(request.settings))
+
+
+class GenerationFailed(RuntimeError):
+    """A validated request that could not run (out of memory); the message says what to change."""
+
+
+def generate_images(pipe, request, on_step: Callable[[int, int], None] | None = None,
+                    stop_event: threading.Event | None = None) -> list[Image.Image]:
+    """`run_generation`, and after running out of memory, the memory handed back before the error
+    is reported, so the next request (smaller, or someone else's) can run."""
+    try:
+        return run_generation(pipe, request, on_step=on_step, stop_event=stop_event)
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        gc.collect()
+        _empty_gpu_cache()
+        s = request.settings
+        raise GenerationFailed(f"{s.num_images} image(s) at {s.width}×{s.height} ran out of memory ({type(err).__name__}); "
+                               "try a smaller size or fewer images. The app keeps serving.") from None
+
+
+def _empty_gpu_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

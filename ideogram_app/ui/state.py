@@ -1,5 +1,11 @@
 """Per-browser-session editor state, held in `gr.State` (so two users never share a canvas).
 
+The server's copy dies with the process (or the session's expiry); the browser keeps its own copy
+of the caption (see `ComposeTab`, `gr.BrowserState`), which the page-load event restores. The
+app's initial `gr.State` value is a *placeholder*: page load replaces it, so an event that receives
+a placeholder comes from a page whose session this server process does not know, and is refused
+with a message instead of editing or generating from an empty caption.
+
 The caption lives here as a plain dict in canonical shape (`Caption.to_dict()`), because while a
 user edits it may be temporarily invalid (an empty text element, a palette being built) and the
 verifier, not the editor, decides what is wrong. Undo/redo keep whole caption snapshots: captions
@@ -31,6 +37,7 @@ class EditorState:
     undo_stack: list[dict] = field(default_factory=list)
     redo_stack: list[dict] = field(default_factory=list)
     last_edit: str | None = None
+    placeholder: bool = False  # True only in the app's initial gr.State value (see the module docstring)
 
     @property
     def elements(self) -> list[dict]:

@@ -1,6 +1,6 @@
 """Fixtures for the app tests: a loaded model slot (on `tiny_repo` from tests/conftest.py), ONE really launched app per
-session (`python app.py --model <tiny repo>`), a gradio_client for it, and one headless Debian
-chromium shared by the browser tests."""
+session (`python app.py --model <tiny repo>`, with its process for memory readings), a gradio_client for
+it, and one headless Debian chromium shared by the browser tests."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,10 +42,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(args: list[str], output_dir: Path) -> tuple[subprocess.Popen, str, Path]:
-    """Start `python app.py ARGS` on a free port; return the process, its URL and its log file."""
-    port = free_port()
-    log = output_dir / f"app-{port}.log"
+def start_app(args: list[str], output_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str, Path]:
+    """Start `python app.py ARGS` on `port` (default: a free one); return the process, its URL and its
+    log file (outside the output folder, which holds only what the app writes)."""
+    port = port or free_port()
+    log = output_dir.parent / f"{output_dir.name}-app-{port}-{time.monotonic_ns()}.log"
     env = {**os.environ, "IDEOGRAM_OUTPUT_DIR": str(output_dir), "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), *args],
                             cwd=REPO_ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -72,16 +74,41 @@ def stop_app(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-@pytest.fixture(scope="session")
-def app_url(tiny_repo, tmp_path_factory):
-    """`python app.py --model <tiny repo> --memory cpu --mcp`, really launched, for the whole session."""
-    proc, url, log = start_app(["--model", str(tiny_repo), "--memory", "cpu", "--mcp"],
-                               tmp_path_factory.mktemp("app-out"))
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+    output_dir: Path
+
+    def rss_mb(self) -> float:
+        """The server process's resident memory (VmRSS), in MiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS line")
+
+
+def start_tiny_server(tiny_repo: Path, output_dir: Path, *args: str, port: int | None = None) -> Server:
+    """`python app.py --model <tiny repo> --memory cpu ARGS`, started and checked to have loaded it."""
+    proc, url, log = start_app(["--model", str(tiny_repo), "--memory", "cpu", *args], output_dir, port=port)
     if "Model loaded." not in log.read_text():
         stop_app(proc)
         raise RuntimeError(f"the tiny model did not load:\n{log.read_text()}")
-    yield url
-    stop_app(proc)
+    return Server(proc, url, log, output_dir)
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_repo, tmp_path_factory):
+    """`python app.py --model <tiny repo> --memory cpu --mcp`, really launched, for the whole session."""
+    server = start_tiny_server(tiny_repo, tmp_path_factory.mktemp("app-out"), "--mcp")
+    yield server
+    stop_app(server.proc)
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server):
+    return app_server.url
 
 
 @pytest.fixture(scope="session")

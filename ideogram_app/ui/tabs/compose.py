@@ -5,32 +5,46 @@ Generate panel and the session's results.
 They translate between widgets and the plain functions that hold the logic (editor.py edits the
 caption, views.py derives what is shown, generation.py builds the request, results.py handles the
 PNGs) and return only what changed, as `{name: value}` (see wiring.py).
+
+Nothing is lost when the server restarts: the browser keeps a copy of the caption and size (the
+`saved` gr.BrowserState, written with every change of the caption; a fixed storage key and
+secret, so a new server process can read it) and its own random id (`browser_id`); page load
+restores the caption and lists the user's results from disk (results.py). Every handler that reads
+the session's `state` is refused with `SESSION_LOST` when it receives the placeholder state (see
+state.py) instead of editing or generating from an empty caption. Every input is bounded before
+work: text lengths in the wiring, the whole caption after each edit, sizes by the request model,
+uploads by uploads.py.
 """
 from __future__ import annotations
 
 import copy
-import tempfile
+import functools
+import os
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from ideogram_app.caption import list_templates, load_template, to_json
 from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.pipeline.metadata import NoImageMetadataError, read_image_metadata
 from ideogram_app.pipeline.sampling import GenerationCancelled
-from ideogram_app.pipeline.settings import IMG2IMG_STRENGTH, SettingsError
+from ideogram_app.pipeline.settings import IMG2IMG_STRENGTH, SEED_MAX, SettingsError
 from ideogram_app.pipeline.sizes import ASPECT_PRESETS
 
 from .. import editor, views
 from ..canvas import LayoutCanvas
 from ..editor import MEDIUM_CHOICES, CanvasOpError, prompt_text
-from ..generation import (DEFAULTS, PRESET_BY_NAME, PRESET_LABELS, StopSignals, checked_size, describe_problems,
-                          run_generation, settings_from_controls)
+from ..generation import (DEFAULTS, PRESET_BY_NAME, PRESET_LABELS, GenerationFailed, StopSignals, checked_size,
+                          describe_problems, generate_images, settings_from_controls)
+from ..markup import escape
 from ..model_slot import ModelNotLoadedError, ModelSlot
-from ..results import gallery_items, overlay_for, result_details, save_results
+from ..results import (gallery_items, is_browser_id, list_results, new_browser_id, output_dir, overlay_for,
+                       owner_folder, result_details, results_dir, save_results, scratch_file)
 from ..state import EditorState
+from ..uploads import CheckedImage, limit_pillow, read_text_upload, upload_name
 from ..views import ELEMENT_PALETTE_SLOTS, IMAGE_PALETTE_SLOTS
-from ..wiring import GLUE, GPU, Components, emits
+from ..wiring import GLUE, GPU, Components, check_text, emits, inform, warn
 
 CUSTOM_SIZE = "custom"
 STYLE_FIELD_LABELS = {"photo": "photo (camera, lens, film, framing)", "art": "art_style (technique, school, look)"}
@@ -45,15 +59,34 @@ SETTING_LABELS = {"preset": "Preset", "sampler": "Preset", "num_inference_steps"
 INSPECTOR = ("el_title", "el_type", "el_text", "el_desc", "el_has_box", "el_palette_count", "el_palette")
 SCENE = ("hld", "background", "style_kind", "aesthetics", "lighting", "photo_or_art", "medium", "palette_count",
          "palette")
-EDITOR_VIEW = ("state", "canvas", "issues_all", "issues_element", "issues_scene", "tokens", "json", "json_status",
-               *INSPECTOR, *SCENE)
-SIZE_VIEW = ("state", "canvas", "width", "height", "size_note", "aspect")
+EDITOR_VIEW = ("state", "saved", "canvas", "issues_all", "issues_element", "issues_scene", "tokens", "json",
+               "json_status", *INSPECTOR, *SCENE)
+SIZE_VIEW = ("state", "saved", "canvas", "width", "height", "size_note", "aspect")
 RESULT_VIEW = ("selected_result", "result_settings", "overlay")
 GENERATE_VIEW = ("results", "gallery", "seed", "gen_status", *RESULT_VIEW)
 OPEN_VIEW = (*EDITOR_VIEW, "preset", "seed", "randomize", "width", "height", "aspect")
+PAGE_LOAD_VIEW = (*EDITOR_VIEW, "width", "height", "aspect", "size_note", "browser_id", "results", "gallery")
+# Browser storage (localStorage). The keys and the secret are fixed so that a restarted server (a new
+# process) reads what the page stored; the secret is sent to every page anyway, it only keeps other
+# scripts on the same origin from reading the caption by accident.
+SAVED_KEY, BROWSER_ID_KEY, STORAGE_SECRET = "ideogram-studio-caption", "ideogram-studio-browser", "ideogram-studio"
+SESSION_LOST = ("This page's session is not on the server any more (the server restarted, or the session "
+                "expired), so nothing was changed or generated. Reload the page: your caption is kept in this "
+                "browser and comes back, and your results are listed again.")
 # The colour pickers, one input each (a palette is read from its count and all of its pickers).
 EL_PICKERS = tuple(f"el_color_{i + 1}" for i in range(ELEMENT_PALETTE_SLOTS))
 SCENE_PICKERS = tuple(f"color_{i + 1}" for i in range(IMAGE_PALETTE_SLOTS))
+
+
+def _needs_session(handler):
+    """`handler` (whose first input is the session's state), refused with SESSION_LOST for the
+    placeholder state (see state.py)."""
+    @functools.wraps(handler)  # keeps @emits and the signature Gradio reads
+    def checked(state, *args, **kwargs):
+        if isinstance(state, EditorState) and state.placeholder:
+            raise gr.Error(SESSION_LOST, duration=None)
+        return handler(state, *args, **kwargs)
+    return checked
 
 
 def _named(handler, name: str):
@@ -74,14 +107,18 @@ class ComposeTab:
     # ---- layout and wiring -------------------------------------------------------------------
 
     def build(self, ui: Components) -> None:
-        """Create the tab's components inside the current gr.Tab and wire their events."""
+        """Create the tab's components inside the current gr.Tab and wire their events. Also sets
+        Pillow's bound on decoded pixels from the limits (uploads.py)."""
+        limit_pillow(self.limits)
         self._layout_editor(ui)
         self._layout_generate(ui)
         self._wire_editor(ui)
         self._wire_generate(ui)
 
     def _layout_editor(self, ui: Components) -> None:
-        ui.add("state", gr.State(EditorState()))
+        ui.add("state", gr.State(EditorState(placeholder=True)))
+        ui.add("saved", gr.BrowserState(None, storage_key=SAVED_KEY, secret=STORAGE_SECRET))
+        ui.add("browser_id", gr.BrowserState(None, storage_key=BROWSER_ID_KEY, secret=STORAGE_SECRET))
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 ui.add("canvas", LayoutCanvas(elem_id="layout-canvas"))
@@ -92,7 +129,8 @@ class ComposeTab:
                     ui.add("add_text", gr.Button("+ text element", scale=1))
                 with gr.Accordion("Canvas background (reference or last result)", open=False):
                     with gr.Row():
-                        ui.add("canvas_bg", gr.Image(label="Reference image", type="filepath", height=160))
+                        ui.add("canvas_bg", CheckedImage(label="Reference image", type="filepath", height=160,
+                                                         image_mode=None, limits=self.limits))
                         with gr.Column():
                             ui.add("canvas_opacity", gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Opacity"))
                             ui.add("use_last", gr.Button("Use the last result"))
@@ -174,7 +212,8 @@ class ComposeTab:
                 ui.add("num_images", gr.Slider(1, self.limits.max_images, value=DEFAULTS["num_images"], step=1,
                                                label=SETTING_LABELS["num_images"]))
                 with gr.Accordion("img2img (optional)", open=False):
-                    ui.add("input_image", gr.Image(label=SETTING_LABELS["input_image"], type="filepath", height=160))
+                    ui.add("input_image", CheckedImage(label=SETTING_LABELS["input_image"], type="filepath",
+                                                       height=160, image_mode=None, limits=self.limits))
                     ui.add("strength", gr.Slider(0.05, 1.0, value=IMG2IMG_STRENGTH, step=0.05,
                                                  label=SETTING_LABELS["denoising_strength"],
                                                  info="1.0 ignores the input image"))
@@ -196,83 +235,132 @@ class ComposeTab:
                                                interactive=False, elem_id="overlay"))
                     ui.add("result_settings", gr.JSON(label="Caption and settings of the selected result"))
 
+    @staticmethod
+    def _on(ui: Components, triggers, handler, inputs: list[str], **event) -> None:
+        """`Components.on`, with handlers that read the session's state refused for a lost session."""
+        ui.on(triggers, _needs_session(handler) if inputs[:1] == ["state"] else handler, inputs, **event)
+
     def _wire_editor(self, ui: Components) -> None:
         # Text fields listen to `input` (Gradio fires it on key presses) and `blur` (which catches pasted
         # text, for which Gradio fires no `input`). Never `change`: it also fires for values the app
         # itself sets, and such echoes, processed after a newer edit, would undo that edit.
-        def on_user_text(name: str, handler, inputs: list[str]) -> None:
-            ui.on([ui[name].input, ui[name].blur], handler, inputs, trigger_mode="always_last", **GLUE)
+        on = functools.partial(self._on, ui)
 
-        ui.on(ui.demo.load, self.on_page_load, ["state"], api_visibility="private", show_progress="hidden")
-        ui.on(ui["canvas"].edit, self.on_canvas_edit, ["state"], trigger_mode="multiple", **GLUE)
+        def on_user_text(name: str, handler, inputs: list[str]) -> None:
+            on([ui[name].input, ui[name].blur], handler, inputs, trigger_mode="always_last", **GLUE)
+
+        ui.on(ui.demo.load, self.on_page_load, ["saved", "browser_id"], api_visibility="private",
+              show_progress="hidden")
+        on(ui["canvas"].edit, self.on_canvas_edit, ["state"], trigger_mode="multiple", **GLUE)
         on_user_text("json", self.on_json_input, ["state", "json"])
         for field in ("type", "has_box"):
-            ui.on(ui[f"el_{field}"].input, self.on_element_field(field), ["state", f"el_{field}"], **GLUE)
+            on(ui[f"el_{field}"].input, self.on_element_field(field), ["state", f"el_{field}"], **GLUE)
         for field in ("text", "desc"):
             on_user_text(f"el_{field}", self.on_element_field(field), ["state", f"el_{field}"])
         palette_inputs = ["state", "el_palette_count", *EL_PICKERS]
-        ui.on([ui[name].input for name in palette_inputs[1:]], self.on_element_palette, palette_inputs,
-              trigger_mode="always_last", **GLUE)
-        ui.on(ui["add_obj"].click, self.on_add_element("obj"), ["state"], **GLUE)
-        ui.on(ui["add_text"].click, self.on_add_element("text"), ["state"], **GLUE)
+        on([ui[name].input for name in palette_inputs[1:]], self.on_element_palette, palette_inputs,
+           trigger_mode="always_last", **GLUE)
+        on(ui["add_obj"].click, self.on_add_element("obj"), ["state"], **GLUE)
+        on(ui["add_text"].click, self.on_add_element("text"), ["state"], **GLUE)
         on_user_text("hld", self.on_high_level_description, ["state", "hld"])
         on_user_text("background", self.on_background_text, ["state", "background"])
-        ui.on(ui["style_kind"].input, self.on_style_kind, ["state", "style_kind"], **GLUE)
+        on(ui["style_kind"].input, self.on_style_kind, ["state", "style_kind"], **GLUE)
         for field in ("aesthetics", "lighting", "photo_or_art", "medium"):
             on_user_text(field, self.on_style_field(field), ["state", field])
         palette_inputs = ["state", "palette_count", *SCENE_PICKERS]
-        ui.on([ui[name].input for name in palette_inputs[1:]], self.on_style_palette, palette_inputs,
-              trigger_mode="always_last", **GLUE)
-        ui.on(ui["undo"].click, self.on_undo, ["state"], **GLUE)
-        ui.on(ui["redo"].click, self.on_redo, ["state"], **GLUE)
-        ui.on([ui["template"].input, ui["load_template"].click], self.on_load_template, ["state", "template"], **GLUE)
-        ui.on(ui["import"].upload, self.on_import_file, ["state", "import"], **GLUE)
-        ui.on(ui["export"].click, self.on_export, ["state"], api_visibility="private", concurrency_limit=None)
-        ui.on(ui["aspect"].input, self.on_aspect_preset, ["state", "aspect"], **GLUE)
+        on([ui[name].input for name in palette_inputs[1:]], self.on_style_palette, palette_inputs,
+           trigger_mode="always_last", **GLUE)
+        on(ui["undo"].click, self.on_undo, ["state"], **GLUE)
+        on(ui["redo"].click, self.on_redo, ["state"], **GLUE)
+        on([ui["template"].input, ui["load_template"].click], self.on_load_template, ["state", "template"], **GLUE)
+        on(ui["import"].upload, self.on_import_file, ["state", "import"], **GLUE)
+        on(ui["export"].click, self.on_export, ["state"], api_visibility="private", concurrency_limit=None)
+        on(ui["aspect"].input, self.on_aspect_preset, ["state", "aspect"], **GLUE)
         for side in ("width", "height"):
             on_user_text(side, self.on_custom_size(side), ["state", side])
-        ui.on([ui["canvas_bg"].upload, ui["canvas_bg"].clear, ui["canvas_opacity"].release], self.on_canvas_background,
-              ["state", "canvas_bg", "canvas_opacity"], **GLUE)
-        ui.on(ui["use_last"].click, self.on_use_last_result, ["state", "results", "canvas_opacity"], **GLUE)
+        on([ui["canvas_bg"].upload, ui["canvas_bg"].clear, ui["canvas_opacity"].release], self.on_canvas_background,
+           ["state", "canvas_bg", "canvas_opacity"], **GLUE)
+        on(ui["use_last"].click, self.on_use_last_result, ["state", "results", "canvas_opacity"], **GLUE)
 
     def _wire_generate(self, ui: Components) -> None:
-        ui.on(ui["generate"].click, self.on_generate,
-              ["state", "results", "preset", "width", "height", "seed", "randomize", "num_images", "input_image",
-               "strength"],
-              api_visibility="private", concurrency_id=GPU, concurrency_limit=1, show_progress_on=[ui["gallery"]])
+        on = functools.partial(self._on, ui)
+        on(ui["generate"].click, self.on_generate,
+           ["state", "browser_id", "preset", "width", "height", "seed", "randomize", "num_images", "input_image",
+            "strength"],
+           api_visibility="private", concurrency_id=GPU, concurrency_limit=1, show_progress_on=[ui["gallery"]])
         ui.on(ui["stop"].click, self.on_stop, api_visibility="private", concurrency_limit=None, show_progress="hidden")
         ui.on(ui["gallery"].select, self.on_result_select, ["results"], **GLUE)
-        ui.on(ui["open_result"].click, self.on_open_result, ["state", "results", "selected_result"], **GLUE)
-        ui.on(ui["open_png"].upload, self.on_open_png, ["state", "open_png"], **GLUE)
+        on(ui["open_result"].click, self.on_open_result, ["state", "results", "selected_result"], **GLUE)
+        on(ui["open_png"].upload, self.on_open_png, ["state", "open_png"], **GLUE)
 
     # ---- view assembly ---------------------------------------------------------------------
 
     def editor_view(self, state: EditorState, *, fields: bool = True, json_text: bool = True,
                     status: str | None = None) -> dict:
-        """Everything the tab derives from `state`."""
+        """Everything the tab derives from `state` (plain-text `status` is escaped here). A caption
+        that an edit made longer than the limit is refused before anything else is derived."""
+        prompt = prompt_text(state)
+        try:
+            self.limits.check_caption_chars(prompt)
+        except ValueError as err:
+            raise gr.Error(f"This edit is not applied: {err}") from None
         issues = views.caption_issues(state)
         element_issues, scene_issues = views.split_issues(state, issues)
         out = {
             "state": state,
+            "saved": editor.saved_copy(state),
             "canvas": views.canvas_value(state, issues),
             "issues_all": views.issue_summary(issues) if state.plain_text is None else
             "Plain-text prompt: the verifier checks JSON captions only.",
             "issues_element": views.issues_markdown(element_issues),
             "issues_scene": views.issues_markdown(scene_issues),
-            "tokens": views.token_label(prompt_text(state), self.slot.token_counter()),
+            "tokens": views.token_label(prompt, self.slot.token_counter()),
         }
         if json_text:
             out["json"] = views.json_text(state)
         if status is not None:
-            out["json_status"] = status
+            out["json_status"] = escape(status) if status else ""
         if fields:
             out.update(views.inspector_values(state))
             out.update(views.scene_values(state))
         return out
 
-    @emits(*EDITOR_VIEW)
-    def on_page_load(self, state: EditorState) -> dict:
-        return self.editor_view(state)
+    @emits(*PAGE_LOAD_VIEW)
+    def on_page_load(self, saved, browser_id, request: gr.Request = None) -> dict:
+        """A new session: the caption and size the browser kept, this user's results from disk, and a
+        browser id for a browser that has none yet."""
+        out: dict = {}
+        state, status = self._restored(saved)
+        if not is_browser_id(browser_id):
+            browser_id = out["browser_id"] = new_browser_id()
+        results = list_results(output_dir() / owner_folder(getattr(request, "username", None), browser_id))
+        out.update(self.editor_view(state, status=status), results=results, gallery=gallery_items(results),
+                   width=state.width, height=state.height, size_note=f"{state.width} × {state.height} px",
+                   aspect=next((label for label, size in ASPECT_PRESETS.items() if size == (state.width, state.height)),
+                               CUSTOM_SIZE))
+        return out
+
+    def _restored(self, saved) -> tuple[EditorState, str | None]:
+        """The state for the browser's copy (see editor.saved_copy) and what to tell the user; the
+        copy is client data, so every part of it is checked."""
+        if saved is None:
+            return EditorState(), None
+        caption = saved.get("caption") if isinstance(saved, dict) else None
+        if not isinstance(caption, str):
+            return EditorState(), "The caption kept in this browser is not in the expected form; starting empty."
+        try:
+            check_text("the caption kept in this browser", caption, self.limits)
+            state = editor.restore(caption)
+        except ValueError as err:
+            return EditorState(), f"The caption kept in this browser could not be restored: {err}"
+        try:
+            size = checked_size(saved.get("width"), saved.get("height"), self.limits)
+            state.width, state.height = size.width, size.height
+        except SettingsError:
+            pass  # keep the default size
+        if state.plain_text is None and not state.elements and state.caption == EditorState().caption:
+            return state, None
+        return state, "Restored the caption kept in this browser."
 
     # ---- canvas and JSON ---------------------------------------------------------------------
 
@@ -281,7 +369,7 @@ class ComposeTab:
         try:
             new = editor.apply_canvas_op(state, evt._data)
         except CanvasOpError as err:
-            gr.Warning(str(err))
+            warn(str(err))
             return {}
         return self.editor_view(new, status="")
 
@@ -289,8 +377,8 @@ class ComposeTab:
     def on_json_input(self, state: EditorState, text: str) -> dict:
         result = editor.ingest_json(state, text)
         if not result.accepted:
-            return {"json_status": result.status + ("\n\n" + views.issues_markdown(result.issues)
-                                                    if result.issues else "")}
+            return {"json_status": escape(result.status) + ("\n\n" + views.issues_markdown(result.issues)
+                                                            if result.issues else "")}
         if result.state is state:
             return {}
         return self.editor_view(result.state, json_text=False, status=result.status)
@@ -303,7 +391,7 @@ class ComposeTab:
             try:
                 new = editor.set_element_field(state, field, value)
             except ValueError as err:
-                gr.Warning(str(err))
+                warn(str(err))
                 return {}
             if new is state:
                 return {}
@@ -368,7 +456,7 @@ class ComposeTab:
     @emits(*EDITOR_VIEW)
     def on_load_template(self, state: EditorState, name: str) -> dict:
         if name not in list_templates():
-            gr.Warning(f"pick a template first (available: {', '.join(list_templates())})")
+            warn(f"pick a template first (available: {', '.join(list_templates())})")
             return {}
         return self.editor_view(editor.load_caption(state, load_template(name)), status=f"Loaded template {name}.")
 
@@ -379,26 +467,27 @@ class ComposeTab:
             return {}
         if Path(path).suffix.lower() in (".png", ".webp", ".jpg", ".jpeg"):
             return self.on_open_png(state, path)
+        name = upload_name(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            gr.Warning(f"cannot read {Path(path).name}: {err}")
-            return {}
+            text = read_text_upload(path, self.limits)
+        except ValueError as err:
+            warn(str(err))
+            return {"json_status": f"**Cannot import:** {escape(err)}"}
         result = editor.ingest_json(state, text)
         if not result.accepted:
-            gr.Warning(f"{Path(path).name}: {result.status}")
-            return {"json_status": f"{Path(path).name}: {result.status}\n\n" + views.issues_markdown(result.issues)}
-        return self.editor_view(result.state, status=f"Imported {Path(path).name}.")
+            warn(f"{name}: {result.status}")
+            return {"json_status": f"{escape(name)}: {escape(result.status)}\n\n" + views.issues_markdown(result.issues)}
+        return self.editor_view(result.state, status=f"Imported {name}.")
 
     @emits("export_file")
     def on_export(self, state: EditorState) -> dict:
-        """The caption as a canonical .json file (or .txt for plain text) for download."""
-        directory = Path(tempfile.mkdtemp(prefix="ideogram-caption-"))
+        """The caption as a canonical .json file (or .txt for plain text) for download; the file is
+        temporary (results.scratch_file)."""
         if state.plain_text is not None:
-            path = directory / "prompt.txt"
+            path = scratch_file("prompt.txt")
             path.write_text(state.plain_text, encoding="utf-8")
         else:
-            path = directory / "caption.json"
+            path = scratch_file("caption.json")
             path.write_text(to_json(state.caption), encoding="utf-8")
         return {"export_file": gr.update(value=str(path), visible=True)}
 
@@ -422,17 +511,20 @@ class ComposeTab:
         try:
             size = checked_size(width, height, self.limits)
         except SettingsError as err:
-            return {"size_note": f"**Invalid size:** {describe_problems(err, SETTING_LABELS)}"}
+            return {"size_note": f"**Invalid size:** {escape(describe_problems(err, SETTING_LABELS))}"}
         new = copy.deepcopy(state)
         new.width, new.height = size.width, size.height
-        out = {"state": new, "canvas": views.canvas_value(new), "width": size.width, "height": size.height,
-               "size_note": " · ".join(f"**Note:** {n}" for n in size.warnings) or f"{size.width} × {size.height} px"}
+        out = {"state": new, "saved": editor.saved_copy(new), "canvas": views.canvas_value(new), "width": size.width,
+               "height": size.height, "size_note": " · ".join(f"**Note:** {escape(n)}" for n in size.warnings)
+               or f"{size.width} × {size.height} px"}
         if custom:
             out["aspect"] = CUSTOM_SIZE
         return out
 
     @emits("state", "canvas")
     def on_canvas_background(self, state: EditorState, image_path: str | None, opacity: float) -> dict:
+        if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0.0 <= opacity <= 1.0:
+            raise gr.Error(f"Opacity must be a number from 0 to 1, got {opacity!r}")
         new = copy.deepcopy(state)
         new.background_image = image_path or None
         new.background_opacity = float(opacity)
@@ -441,29 +533,31 @@ class ComposeTab:
     @emits("state", "canvas")
     def on_use_last_result(self, state: EditorState, results: list[dict], opacity: float) -> dict:
         if not results:
-            gr.Warning("no result yet: generate an image first")
+            warn("no result yet: generate an image first")
             return {}
         return self.on_canvas_background(state, results[-1]["path"], opacity)
 
     # ---- generate ----------------------------------------------------------------------------
 
     @emits(*GENERATE_VIEW)
-    def on_generate(self, state: EditorState, results: list[dict], preset: str, width, height, seed, randomize: bool,
+    def on_generate(self, state: EditorState, browser_id, preset: str, width, height, seed, randomize: bool,
                     num_images, input_image: str | None, strength, request: gr.Request,
                     progress=gr.Progress()) -> dict:
-        """Run the pipeline for this session's caption; results join this session's gallery."""
+        """Run the pipeline for this session's caption; the results are written to this user's folder
+        and the gallery lists that folder."""
         try:
             pipe = self.slot.require().pipe  # the most basic thing missing is said first
             settings = settings_from_controls(preset=preset, width=width, height=height, seed=seed,
                                               randomize=randomize, num_images=num_images, input_image=input_image,
                                               strength=strength, limits=self.limits)
+            folder = owner_folder(getattr(request, "username", None), browser_id)
             run = pipe.prepare(prompt_text(state), settings)  # caption, token count, input image
         except SettingsError as err:
             raise gr.Error(describe_problems(err, SETTING_LABELS), duration=None) from None
         except (ValueError, ModelNotLoadedError) as err:
             raise gr.Error(str(err), duration=None) from None
         for warning in settings.warnings:
-            gr.Warning(warning)
+            warn(warning)
         session = request.session_hash if request is not None else "local"
         stop_event = self.stops.start(session)
         steps_done = {"n": 0}
@@ -474,27 +568,29 @@ class ComposeTab:
 
         progress(0, desc="encoding the prompt")
         try:
-            images = run_generation(pipe, run, on_step=on_step, stop_event=stop_event)
+            images = generate_images(pipe, run, on_step=on_step, stop_event=stop_event)
         except GenerationCancelled:
             return {"gen_status": f"Stopped after step {steps_done['n']}; nothing was saved.", "seed": settings.seed}
-        except ValueError as err:
+        except (ValueError, GenerationFailed) as err:
             raise gr.Error(str(err), duration=None) from None
         finally:
             self.stops.finish(session)
-        new_results = list(results) + save_results(images)
-        return {"results": new_results, "gallery": gallery_items(new_results), "seed": settings.seed,
+        directory = results_dir(folder)
+        save_results(images, directory)
+        results = list_results(directory)  # the newest, so what was just made is last
+        return {"results": results, "gallery": gallery_items(results), "seed": settings.seed,
                 "gen_status": f"Done: {len(images)} image(s), seed {settings.seed}, {settings.width}×{settings.height}, "
                               f"{settings.preset}.",
-                **self._result_view(new_results, len(new_results) - 1)}
+                **self._result_view(results, len(results) - 1)}
 
     @emits()
     def on_stop(self, request: gr.Request) -> dict:
         """Signal this session's run. Only toasts here: the run's own handler writes the final status,
         and a status written by Stop could arrive after it."""
         if self.stops.stop(request.session_hash if request is not None else "local"):
-            gr.Info("Stopping after the current step…")
+            inform("Stopping after the current step…")
         else:
-            gr.Warning("Nothing is running.")
+            warn("Nothing is running.")
         return {}
 
     @staticmethod
@@ -504,15 +600,15 @@ class ComposeTab:
 
     @emits(*RESULT_VIEW)
     def on_result_select(self, results: list[dict], evt: gr.SelectData) -> dict:
-        index = evt.index if isinstance(evt.index, int) else evt.index[0]
-        if not 0 <= index < len(results):
+        index = evt.index[0] if isinstance(evt.index, (list, tuple)) and evt.index else evt.index
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(results):
             return {}
         return self._result_view(results, index)
 
     @emits(*OPEN_VIEW)
     def on_open_result(self, state: EditorState, results: list[dict], selected: int | None) -> dict:
         if selected is None or not 0 <= selected < len(results):
-            gr.Warning("select a result in the gallery first")
+            warn("select a result in the gallery first")
             return {}
         return self._open_record(state, {"prompt": results[selected]["prompt"],
                                          "settings": results[selected]["settings"]}, "the selected result")
@@ -521,29 +617,48 @@ class ComposeTab:
     def on_open_png(self, state: EditorState, path: str | None) -> dict:
         if not path:
             return {}
+        name = upload_name(path)
         try:
+            self.limits.check_upload_bytes(name, os.path.getsize(path))
             record = read_image_metadata(path)
-        except NoImageMetadataError as err:
-            gr.Warning(str(err))
-            return {"json_status": f"**Cannot open:** {err}"}
-        return self._open_record(state, record, Path(path).name)
+        except (NoImageMetadataError, Image.DecompressionBombError, OSError, ValueError) as err:
+            message = str(err).replace(str(path), name) if not isinstance(err, OSError) else \
+                f"{name} cannot be read on the server; upload it again"
+            warn(message)
+            return {"json_status": f"**Cannot open:** {escape(message)}"}
+        return self._open_record(state, record, name)
 
     def _open_record(self, state: EditorState, record: dict, where: str) -> dict:
-        """Restore caption and generation settings from a result record / PNG metadata."""
-        result = editor.ingest_json(state, record["prompt"])
+        """Restore caption and generation settings from a result record / PNG metadata (a PNG's
+        metadata is client data: the prompt and every setting are checked before use)."""
+        prompt = record.get("prompt")
+        if not isinstance(prompt, str):
+            warn(f"{where}: its metadata holds no prompt text")
+            return {}
+        try:
+            check_text(f"{where}: the prompt", prompt, self.limits)
+        except ValueError as err:
+            warn(str(err))
+            return {}
+        result = editor.ingest_json(state, prompt)
         if not result.accepted:
-            gr.Warning(f"{where}: {result.status}")
+            warn(f"{where}: {result.status}")
             return {}
         new = result.state
-        settings = record.get("settings", {})
-        width, height = settings.get("width", new.width), settings.get("height", new.height)
-        if isinstance(width, int) and isinstance(height, int):
-            new.width, new.height = width, height
-        out = self.editor_view(new, status=f"Opened {where} in the editor.")
-        if settings.get("preset") in PRESET_BY_NAME:
-            out["preset"] = PRESET_BY_NAME[settings["preset"]]
-        if isinstance(settings.get("seed"), int):
-            out["seed"] = settings["seed"]
+        settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+        notes = []
+        try:
+            size = checked_size(settings.get("width", new.width), settings.get("height", new.height), self.limits)
+            new.width, new.height = size.width, size.height
+        except SettingsError as err:
+            notes.append(f" Its size is not used: {describe_problems(err, SETTING_LABELS)}")
+        out = self.editor_view(new, status=f"Opened {where} in the editor." + "".join(notes))
+        preset = settings.get("preset")
+        if isinstance(preset, str) and preset in PRESET_BY_NAME:
+            out["preset"] = PRESET_BY_NAME[preset]
+        seed = settings.get("seed")
+        if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= SEED_MAX:
+            out["seed"] = seed
             out["randomize"] = False
         out.update({"width": new.width, "height": new.height, "aspect": CUSTOM_SIZE})
         return out
