@@ -320,6 +320,34 @@ def test_nobody_may_change_or_probe_the_model(closed_app, tiny_repo, models_root
     assert generates(url, auth)  # the model chosen at launch still serves everyone
 
 
+def test_the_panel_is_read_only_in_the_browser(closed_app, browser):
+    """What a visitor sees in chromium: the Model tab's controls disabled and the reason above them."""
+    url, auth, _ = closed_app
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        if auth:  # sign in as the login form would: the cookie is shared with the page
+            context.request.post(url + "login", form={"username": auth[0], "password": auth[1]})
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(url)
+        page.get_by_role("tab", name="Model").click()
+        page.locator("#model-policy").get_by_text("Read-only.").wait_for()
+        assert "Only an operator may load or unload models here" in page.locator("#model-policy").inner_text()
+        for name in ("Load model", "Unload"):
+            assert page.get_by_role("button", name=name, exact=True).is_disabled()
+        assert page.get_by_label("Repo id or local folder").is_disabled()
+    finally:
+        context.close()
+
+
+def test_the_local_operator_gets_the_controls_in_the_browser(page):
+    """`python app.py` on loopback without logins (the session's app): the page-load event enables the panel."""
+    page.get_by_role("tab", name="Model").click()
+    page.locator("#model-policy").get_by_text("You may load and unload the model").wait_for()
+    assert page.get_by_role("button", name="Load model", exact=True).is_enabled()
+    assert page.get_by_label("Repo id or local folder").is_enabled()
+
+
 @pytest.fixture(scope="module")
 def admin_app(tiny_repo, models_root, tmp_path_factory):
     proc, url, log = start_app(["--model", str(models_root / "tiny"), "--memory", "cpu", "--models-dir",
