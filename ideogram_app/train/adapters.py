@@ -101,13 +101,22 @@ def trained_modules(dit: nn.Module, alpha: float) -> dict[str, LoraModule]:
     }
 
 
-def parameter_name(native_key: str) -> str:
-    """`diffusion_model.<module>.lora_A.weight` → the adapter parameter's name in the model."""
-    body = native_key.removeprefix(NATIVE_PREFIX)
-    for suffix, role in ((".lora_A.weight", "down"), (".lora_B.weight", "up")):
-        if body.endswith(suffix):
-            return f"{body[: -len(suffix)]}.adapters.{ADAPTER}.{role}"
-    raise KeyError(native_key)
+def load_trained(dit: nn.Module, native: dict[str, torch.Tensor]) -> None:
+    """Copy the factors of a native-layout file (as `trained_modules` + the writer produced it) into
+    the attached adapters; every adapter must be in the file and the file must hold nothing else."""
+    left = {k for k in native if not k.endswith(".alpha")}
+    with torch.no_grad():
+        for name, layer in dit.named_modules():
+            if isinstance(layer, LoraLinear) and ADAPTER in layer.adapters:
+                adapter = layer.adapters[ADAPTER]
+                for role, suffix in (("down", ".lora_A.weight"), ("up", ".lora_B.weight")):
+                    key = NATIVE_PREFIX + name + suffix
+                    if key not in native:
+                        raise ValueError(f"the checkpoint has no {key}: it was made for other LoRA targets")
+                    getattr(adapter, role).copy_(native[key])
+                    left.discard(key)
+    if left:
+        raise ValueError(f"the checkpoint has adapters this run does not train: {sorted(left)[:3]}")
 
 
 def merge_preset(dit: nn.Module, path: str | Path) -> str:

@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ideogram_app.lora import write_diffusers, write_native
-from ideogram_app.train.adapters import parameter_name, trained_modules
+from ideogram_app.train.adapters import load_trained, trained_modules
 from ideogram_app.train.records import write_json_atomic
 
 FOLDER = "checkpoints"
@@ -160,10 +160,10 @@ def load_checkpoint(run, folder: Path) -> dict[str, Any]:
         raise ValueError(f"--resume {folder}: made with processes x --gradient_accumulation_steps = {per_step} batches per "
                          f"optimiser step, now {now}; the data order would not continue")
     if run.lora:
-        weights = {parameter_name(k): v for k, v in load_file(folder / LORA_FILE).items() if not k.endswith(".alpha")}
+        load_trained(run.dit, load_file(folder / LORA_FILE))
     else:
-        weights = load_file(folder / "transformer" / DIT_FILE)
-    set_model_state_dict(run.model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        set_model_state_dict(run.model, load_file(folder / "transformer" / DIT_FILE),
+                             options=StateDictOptions(full_state_dict=True, strict=True))
     set_optimizer_state_dict(run.model, _inner(run.optimizer), torch.load(folder / "optimizer.pt", weights_only=False),
                              options=StateDictOptions(full_state_dict=True))
     run.scheduler.load_state_dict(state["scheduler"])

@@ -445,6 +445,10 @@ def run_training(c: TrainConfig, warnings: list[str]) -> int:
         mixed_precision="no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=c.find_unused_parameters)],
     )
+    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if asked != "no":
+        warnings = [*warnings, f"the launcher asks for {asked} mixed precision; Ideogram 4 must not train under autocast "
+                    "(MRoPE positions start at 65536), so the run keeps its --dtype weights without it"]
     for message in warnings:
         say(accelerator, f"warning: {message}")
     try:

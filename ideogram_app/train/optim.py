@@ -47,6 +47,17 @@ class Bf16AdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.seed = seed
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loader casts every floating state to its parameter's dtype, which would turn the fp32
+        moments into bf16 on resume; they are put back in fp32 afterwards."""
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]  # indices or names
+        moments = {i: {k: v for k, v in saved.items() if k != "step"} for i, saved in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for saved_id, param in zip(saved_ids, params):
+            for key, value in moments.get(saved_id, {}).items():
+                self.state[param][key] = value.to(param.device, torch.float32)
+
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None:
