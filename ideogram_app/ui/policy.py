@@ -23,9 +23,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ideogram_app.pipeline.hub import split_source
+
+if TYPE_CHECKING:  # serving.py imports this module
+    from .serving import ServeOptions
 
 CHANGE_MODEL = "load or unload models"
 TRAIN = "train"
@@ -65,7 +68,7 @@ class Policy:
     allow_hub: bool | None = None  # None: allowed only in the local default
 
     @classmethod
-    def from_options(cls, options: Any, environ: Mapping[str, str] = os.environ) -> "Policy":
+    def from_options(cls, options: ServeOptions, environ: Mapping[str, str] = os.environ) -> Policy:
         """The policy of an app started with parsed `options` (serving.ServeOptions)."""
         return cls(host=options.host, share=options.share, space=bool(environ.get("SPACE_ID")),
                    auth=bool(options.auth), admins=frozenset(options.admins),
@@ -86,6 +89,7 @@ class Policy:
 
     @property
     def hub_allowed(self) -> bool:
+        """Hub downloads use the server's HF_TOKEN and disk: by default only the machine's own user."""
         return self.local_operator if self.allow_hub is None else self.allow_hub
 
     @property
