@@ -12,6 +12,7 @@ at once, each naming its flag (docs/training.md, "Settings").
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -352,11 +353,8 @@ def check_config(c: TrainConfig) -> list[str]:
         value = getattr(c, name)
         if value is not None and not Path(value).is_file():
             bad(name, f"file {value} does not exist")
-    if c.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            bad("optimizer", "adamw8bit needs bitsandbytes (pip install bitsandbytes), which is not installed")
+    if c.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        bad("optimizer", "adamw8bit needs bitsandbytes (pip install bitsandbytes), which is not installed")
     if c.use_gradient_checkpointing_offload and not c.use_gradient_checkpointing:
         warnings.append("--use_gradient_checkpointing_offload implies --use_gradient_checkpointing")
 

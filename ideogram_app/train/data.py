@@ -134,7 +134,7 @@ def metadata_rows(path: Path, base: Path, file_keys: list[str]) -> list[Row]:
         missing = [f"an image column (--data_file_keys {','.join(file_keys)})"] if key is None else []
         missing += [f"a {PROMPT_COLUMN!r} column"] if PROMPT_COLUMN not in columns else []
         if missing:
-            raise DataError([f"{name}: has no {' and no '.join(missing)}; its columns are {', '.join(columns) or 'none'}"])
+            raise DataError([f"{name}: lacks {' and '.join(missing)}; its columns are {', '.join(columns) or 'none'}"])
         _refuse_video(name, columns, file_keys, key)
     rows: list[Row] = []
     for label, record in records:
@@ -145,7 +145,7 @@ def metadata_rows(path: Path, base: Path, file_keys: list[str]) -> list[Row]:
         missing = [f"an image field (--data_file_keys {','.join(file_keys)})"] if key is None else []
         missing += [f"a {PROMPT_COLUMN!r} field"] if PROMPT_COLUMN not in record else []
         if missing:
-            problems.append(f"{label}: has no {' and no '.join(missing)}; its fields are {', '.join(record) or 'none'}")
+            problems.append(f"{label}: lacks {' and '.join(missing)}; its fields are {', '.join(record) or 'none'}")
             continue
         _refuse_video(label, list(record), file_keys, key)
         ref = record[key]

@@ -31,6 +31,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ideogram_app.loading.checkpoint_layout import fused_key, stored_shape_to_fused
 from ideogram_app.loading.dit import load_transformer, read_dit_config
@@ -401,6 +402,8 @@ def train(run: Run, stop: StopRequest) -> str:
             step += 1
             loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
             stop_now = acc.reduce(torch.tensor(float(stop.requested), device=acc.device), "sum").item() > 0
+            if isinstance(grad_norm, DTensor):  # FSDP2 returns the (replicated) total norm as a DTensor
+                grad_norm = grad_norm.full_tensor()
             row = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
                    "s_per_step": time.perf_counter() - began, "peak_mem_gib": round(peak_memory_gib(acc.device), 3)}
             run.record.log(row)

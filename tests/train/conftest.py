@@ -89,6 +89,21 @@ def lora_args(repo, metadata, output, cache, *extra: str) -> list[str]:
     return base_args(repo, metadata, output, cache, "--lora_base_model", "dit", "--lora_rank", "4", "--learning_rate", "1e-3", *extra)
 
 
+def prepared(args: list[str]):
+    """A run set up in this process exactly as the CLI sets it up (checks, model, caches), not yet trained."""
+    from accelerate import Accelerator
+
+    from ideogram_app.train.config import as_dict, parse_args
+    from ideogram_app.train.loop import Run, check_inputs, prepare_run
+    from ideogram_app.train.records import RunRecord
+
+    config, _ = parse_args(args)
+    output = Path(config.output_path)
+    run = Run(config, as_dict(config), Accelerator(mixed_precision="no"), output, RunRecord(output, {}, False), check_inputs(config, 1))
+    prepare_run(run)
+    return run
+
+
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -12,7 +12,7 @@ from PIL import Image
 from ideogram_app.train.cli import main
 from ideogram_app.train.config import BY_NAME, SETTINGS, ConfigError, build_parser, config_from_values, parse_args
 from ideogram_app.train.data import DataError, bucket_size, load_dataset
-from tests.train.conftest import base_args, caption, lora_args, write_dataset
+from tests.train.conftest import caption, lora_args, write_dataset
 
 # The flags of DiffSynth's Ideogram 4 train.py that the issue lists, all accepted with their names.
 DIFFSYNTH_FLAGS = """dataset_base_path dataset_metadata_path dataset_repeat dataset_num_workers data_file_keys model_paths
@@ -113,11 +113,20 @@ def test_caption_verifier_errors_are_listed_per_row(tiny_repos, tmp_path, capsys
     assert "metadata.jsonl line 4 (img3.png): caption: invalid JSON at line 1" in err
 
 
+def test_missing_field_in_a_jsonl_row_is_named(tiny_repos, tmp_path, capsys):
+    data = write_dataset(tmp_path / "data")
+    lines = data.read_text().splitlines()
+    lines[1] = lines[1].replace('"prompt"', '"caption"')
+    data.write_text("\n".join(lines) + "\n")
+    err = fails(lora_args(tiny_repos["bf16"], data, tmp_path / "out", tmp_path / "cache"), capsys, tmp_path / "out")
+    assert "metadata.jsonl line 2: lacks a 'prompt' field; its fields are image, caption" in err
+
+
 def test_missing_column_is_named(tiny_repos, tmp_path, capsys):
     data = write_dataset(tmp_path / "data", fmt="csv")
     data.write_text(data.read_text().replace("prompt", "caption", 1))
     err = fails(lora_args(tiny_repos["bf16"], data, tmp_path / "out", tmp_path / "cache"), capsys, tmp_path / "out")
-    assert "metadata.csv: has no a 'prompt' column; its columns are image, caption" in err
+    assert "metadata.csv: lacks a 'prompt' column; its columns are image, caption" in err
 
 
 def test_unknown_lora_target_is_named_before_anything_is_written(tiny_repos, data, tmp_path, capsys):

@@ -8,31 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
 
 from ideogram_app.loading.text_encoder import load_text_encoder
 from ideogram_app.loading.vae import load_vae
 from ideogram_app.pipeline.conditioning import encode_image, encode_text
 from ideogram_app.pipeline.placement import MemoryPlan
 from ideogram_app.train.adapters import ADAPTER
-from ideogram_app.train.config import as_dict, parse_args
 from ideogram_app.train.data import training_pixels
-from ideogram_app.train.loop import Run, check_inputs, epoch_batches, make_batch, micro_step, prepare_run
+from ideogram_app.train.loop import Run, epoch_batches, make_batch, micro_step
 from ideogram_app.train.objective import sample_time, slot_generator
-from ideogram_app.train.records import RunRecord
 from tests.train import reference
-from tests.train.conftest import base_args, lora_args
+from tests.train.conftest import base_args, lora_args, prepared
 
 TOLERANCE = 2e-5
-
-
-def prepared(args: list[str]) -> Run:
-    config, _ = parse_args(args)
-    accelerator = Accelerator(mixed_precision="no")
-    inputs = check_inputs(config, 1)
-    run = Run(config, as_dict(config), accelerator, Path(config.output_path), RunRecord(Path(config.output_path), {}, False), inputs)
-    prepare_run(run)
-    return run
 
 
 def first_sample(run: Run):

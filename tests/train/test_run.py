@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from ideogram_app.loading.dit import load_transformer
 from ideogram_app.loading.text_encoder import load_text_encoder
 from ideogram_app.loading.vae import load_vae
-from ideogram_app.lora import apply_lora
+from ideogram_app.lora import apply_lora, lora_targets, read_lora
 from ideogram_app.pipeline import Ideogram4Pipeline, ModelConfig
 from ideogram_app.pipeline.conditioning import encode_image, encode_text
 from ideogram_app.pipeline.metadata import read_image_metadata
@@ -25,10 +25,11 @@ from ideogram_app.train.cli import main
 from ideogram_app.train.data import load_dataset, training_pixels
 from ideogram_app.train.config import parse_args
 from ideogram_app.train.objective import collate, draw, flow_matching_loss
+from ideogram_app.train.adapters import trained_modules
 from ideogram_app.train.records import read_metrics
 from tests.model.test_dit_parity import make_inputs
 from tests.train import reference
-from tests.train.conftest import base_args, caption, lora_args
+from tests.train.conftest import base_args, caption, lora_args, prepared
 
 OVERFIT_STEPS = 40
 
@@ -135,8 +136,10 @@ def test_validation_sample_is_the_pipelines_image_with_the_lora_on_the_condition
 
 def test_full_fine_tune_output_is_a_pipeline_component(tiny_repos, dataset, cache_dir, tmp_path):
     output = tmp_path / "full"
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"prompt": caption(1), "width": 64, "height": 64, "seed": 5}]))
     assert main(base_args(tiny_repos["bf16"], dataset, output, cache_dir, "--trainable_models", "dit", "--max_steps", "2",
-                          "--learning_rate", "1e-3")) == 0
+                          "--learning_rate", "1e-3", "--validation_prompts", str(prompts), "--validation_preset", "turbo")) == 0
     component = output / "transformer"
     assert sorted(p.name for p in component.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     trained = load_transformer(output, dtype=torch.float32)
@@ -151,7 +154,28 @@ def test_full_fine_tune_output_is_a_pipeline_component(tiny_repos, dataset, cach
                        ModelConfig(path=repo / "text_encoder"), ModelConfig(path=repo / "vae")],
         tokenizer_config=ModelConfig(path=repo / "tokenizer"), torch_dtype=torch.float32, device="cpu", memory="cpu",
     )
-    assert pipe(caption(1), width=64, height=64, preset="turbo", num_inference_steps=2, seed=0).size == (64, 64)
+    # The validation sample (raw text features, projected by the fine-tuned DiT) is the pipeline's image.
+    want = pipe(caption(1), width=64, height=64, preset="turbo", seed=5)
+    assert np.array_equal(np.asarray(Image.open(output / "validation" / "step-0000002" / "00.png")), np.asarray(want))
+
+
+def test_lora_checkpoint_continues_and_preset_lora_is_merged(lora_run, tiny_repos, dataset, cache_dir, tmp_path):
+    output, _ = lora_run
+    trained = read_lora(output / "lora.safetensors", lora_targets(load_transformer(tiny_repos["bf16"], dtype=torch.float32)))
+    run = prepared(lora_args(tiny_repos["bf16"], dataset, tmp_path / "c", cache_dir, "--lora_rank", "8", "--lora_alpha", "2",
+                             "--lora_checkpoint", str(output / "lora.safetensors")))
+    continued = trained_modules(run.dit, run.alpha)
+    assert continued.keys() == trained.modules.keys()
+    for name, module in trained.modules.items():  # another alpha, the same delta
+        torch.testing.assert_close(continued[name].factor * continued[name].up @ continued[name].down,
+                                   module.factor * module.up @ module.down, rtol=1e-5, atol=1e-7)
+
+    run = prepared(lora_args(tiny_repos["bf16"], dataset, tmp_path / "p", cache_dir, "--preset_lora_path", str(output / "lora.safetensors")))
+    base = load_transformer(tiny_repos["bf16"], dtype=torch.float32)
+    for name, module in trained.modules.items():
+        merged = run.dit.get_submodule(name).base.weight
+        torch.testing.assert_close(merged, base.get_submodule(name).weight + module.factor * module.up @ module.down, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(m.up, torch.zeros_like(m.up)) for m in trained_modules(run.dit, run.alpha).values())  # a fresh LoRA on top
 
 
 def test_caches_are_reused_and_split_tasks_work(tiny_repos, dataset, tmp_path, capfd):
