@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, num_layers=2, emb_dim=512, num_heads=2, intermediate_size=256, adanln_dim=64, llm_features_dim=64)
         size, text_tokens, rank = 128, 16, 4
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True  # as the trainer sets it (ideogram_app/train/loop.py)
     for name in names:
         try:
             result = run_config(name, cfg, device, size, text_tokens, rank, args.warmup, args.steps)

@@ -448,6 +448,9 @@ def run_training(c: TrainConfig, warnings: list[str]) -> int:
         mixed_precision="no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=c.find_unused_parameters)],
     )
+    if accelerator.device.type == "cuda":
+        # Only fp32 matmuls change: the LoRA A projection, whose input is a bf16 activation anyway.
+        torch.backends.cuda.matmul.allow_tf32 = True
     asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if asked != "no":
         warnings = [*warnings, f"the launcher asks for {asked} mixed precision; Ideogram 4 must not train under autocast "
