@@ -19,27 +19,15 @@ from pathlib import Path
 
 import torch
 
+from ideogram_app.loading.safetensors_io import SAFETENSORS_DTYPES
+
 # A LoRA for all 34 blocks and every target has ~1000 tensors and a header of ~100 kB; these bounds
 # leave room for unusual trainers while keeping the JSON parse of a hostile header cheap.
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_TENSORS = 50_000
 MAX_DIMS = 8
 
-# Dtypes a safetensors header may name. Only the floating ones can hold LoRA factors.
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+# Only the floating dtypes a safetensors header may name (SAFETENSORS_DTYPES) can hold LoRA factors.
 FACTOR_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -122,7 +110,7 @@ def _entry(path: Path, key: str, value: object, data_start: int, data_len: int) 
     where = f"{path}: tensor {key!r}"
     if not isinstance(value, dict):
         raise UnreadableLora(f"{where}: header entry is not an object")
-    dtype = DTYPES.get(value.get("dtype"))  # type: ignore[arg-type]
+    dtype = SAFETENSORS_DTYPES.get(value.get("dtype"))  # type: ignore[arg-type]
     if dtype is None:
         raise UnreadableLora(f"{where}: unknown dtype {value.get('dtype')!r}")
     shape, offsets = value.get("shape"), value.get("data_offsets")
