@@ -27,6 +27,12 @@ function current() {
   };
 }
 
+// The caption's type is user text: only the two known kinds become a class (a type such as
+// "obj lc-selected" must not add classes of its own).
+function kindClass(el) {
+  return el.type === 'text' ? 'lc-text' : 'lc-obj';
+}
+
 function labelOf(el, index) {
   const body = el.type === 'text' && el.text ? '“' + el.text + '”' : (el.desc || '');
   const short = body.length > 60 ? body.slice(0, 57) + '…' : body;
@@ -59,7 +65,7 @@ function render() {
     if (!Array.isArray(el.bbox) || el.bbox.length !== 4) {
       const chip = document.createElement('button');
       chip.type = 'button';
-      chip.className = 'lc-chip lc-' + el.type + (selected ? ' lc-selected' : '');
+      chip.className = 'lc-chip ' + kindClass(el) + (selected ? ' lc-selected' : '');
       chip.dataset.index = String(i);
       chip.textContent = labelOf(el, i) + ' (no box)';
       unplaced.appendChild(chip);
@@ -67,7 +73,7 @@ function render() {
     }
     const [y0, x0, y1, x1] = el.bbox;
     const box = document.createElement('div');
-    box.className = 'lc-box lc-' + el.type + (selected ? ' lc-selected' : '') + (el.issue ? ' lc-flagged' : '');
+    box.className = 'lc-box ' + kindClass(el) + (selected ? ' lc-selected' : '') + (el.issue ? ' lc-flagged' : '');
     box.dataset.index = String(i);
     box.style.left = x0 / 10 + '%';
     box.style.top = y0 / 10 + '%';

@@ -222,3 +222,58 @@ def test_stop_ends_a_running_generation(page):
     assert 1 <= step < 48
     assert page.locator("#gallery img").count() == 0
     screenshot(page, "browser-10-stopped")
+
+
+HOSTILE_TYPE = "<img src=x onerror=window.__pwned=1 class=pwn>"
+HOSTILE = {  # keys and values that would become elements (or break out of a code span) if shown as markup
+    "high_level_description": "`**b**` <img src=x onerror=window.__pwned=2 class=pwn>",
+    "compositional_deconstruction": {
+        "background": "</div><script>window.__pwned=3</script><b class=pwn>bold</b>",
+        "elements": [
+            {"type": "text", "bbox": [100, 100, 400, 900], "text": "`<i class=pwn>x</i>` ```",
+             "desc": "<svg onload=window.__pwned=4 class=pwn>",
+             "<img src=x onerror=window.__pwned=5 class=pwn>`": "</code><img src=x onerror=window.__pwned=6 class=pwn>"},
+            {"type": "obj", "bbox": [500, 100, 900, 900], "desc": "<iframe class=pwn srcdoc=x></iframe>",
+             "color_palette": ["<img src=x onerror=window.__pwned=7 class=pwn>"]},
+        ]}}
+INJECTED = """() => ({
+    marked: document.querySelectorAll('.pwn').length,
+    images: document.querySelectorAll('img[src="x"], svg[onload], iframe[srcdoc]').length,
+    scripts: [...document.querySelectorAll('script')].filter(s => s.textContent.includes('__pwned')).length,
+    ran: window.__pwned === undefined ? null : window.__pwned,
+})"""
+
+
+def test_hostile_html_in_captions_never_becomes_elements(page):
+    """Hostile keys and values land in the JSON status, the issue list, the element and scene panels, the
+    canvas labels, the size note and an error toast: everywhere they are shown as the text they are,
+    nowhere as elements."""
+    broken = json.loads(json.dumps(HOSTILE))
+    broken["compositional_deconstruction"]["elements"][1]["type"] = HOSTILE_TYPE  # not a caption at all
+    enter(page, JSON_BOX, json.dumps(broken))
+    page.wait_for_function("() => document.querySelector('#json-status').innerText.includes('not a caption yet')")
+    assert HOSTILE_TYPE in page.locator("#json-status").inner_text()
+
+    enter(page, JSON_BOX, json.dumps(HOSTILE))
+    page.wait_for_function("() => document.querySelectorAll('#layout-canvas .lc-box').length === 2")
+    page.wait_for_function("() => document.querySelector('#caption-issues').innerText.includes('error')")
+    issues = page.locator("#caption-issues").inner_text()
+    assert "<img src=x onerror=window.__pwned=5 class=pwn>`" in issues  # the unknown key, as text
+    assert "<IMG SRC=X ONERROR=WINDOW.__PWNED=7 CLASS=PWN>" in issues  # the bad colour, quoted (upper-cased)
+    labels = page.locator("#layout-canvas .lc-label").all_text_contents()
+    assert "`<i class=pwn>x</i>` ```" in labels[0] and "<iframe class=pwn" in labels[1]
+    page.locator("#layout-canvas .lc-box").first.click()
+    page.wait_for_function("() => document.querySelector('#element-desc textarea').value.includes('<svg')")
+    page.locator("#generate-btn").click()  # the caption's errors come back as an error toast
+    toast = page.locator('[data-testid="toast-text"]').first
+    toast.wait_for()
+    assert "the caption has" in toast.inner_text() and "<IMG SRC=X ONERROR=WINDOW.__PWNED=7" in toast.inner_text()
+    with page.expect_file_chooser() as chooser:  # a file name is user text too
+        page.get_by_role("button", name="Import caption / PNG").click()
+    chooser.value.set_files({"name": "<img src=x onerror=window.__pwned=8 class=pwn>.json",
+                             "mimeType": "application/json", "buffer": b'{"broken": '})
+    page.wait_for_function("() => document.querySelector('#json-status').innerText.includes('Invalid JSON')")
+    assert "onerror=window.__pwned=8" in page.locator("#json-status").inner_text()
+    screenshot(page, "browser-11-hostile")
+    assert page.evaluate(INJECTED) == {"marked": 0, "images": 0, "scripts": 0, "ran": None}
+    assert page.js_errors == []

@@ -185,3 +185,28 @@ def test_load_20_clients_3_jobs_each_no_job_is_lost(app_server):
         with Image.open(files[0]["path"]) as image:
             image.load()
     answers(app_server)
+
+
+def test_a_job_that_dies_reports_what_happened_and_the_app_keeps_serving(app_server, client):
+    """The run itself succeeds, then writing the result fails (the results folder is a file now): the
+    client gets what failed and how (not an error without a message, nor CancelledError), the server's
+    paths stay hidden, and the next request works."""
+    from gradio_client.exceptions import AppError
+
+    folder = app_server.output_dir / "api"
+    parked = app_server.output_dir / "api-parked"
+    if folder.exists():
+        folder.rename(parked)
+    folder.write_text("not a folder")
+    try:
+        job = client.submit(template_text("logo"), 64, 64, "turbo", 3, 1, api_name="/generate")
+        with pytest.raises(AppError) as err:
+            job.result(timeout=120)
+        assert str(err.value).startswith("/generate failed: FileExistsError: [Errno 17] File exists: 'api'.")
+        assert str(app_server.output_dir) not in str(err.value)
+    finally:
+        folder.unlink()
+        if parked.exists():
+            parked.rename(folder)
+    files, _ = client.predict(template_text("logo"), 64, 64, "turbo", 3, 1, api_name="/generate")
+    assert read_image_metadata(files[0])["settings"]["seed"] == 3

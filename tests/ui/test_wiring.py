@@ -1,11 +1,14 @@
 """Wiring mistakes fail when the app is built (unknown names, wrong argument counts, undeclared
-outputs), never silently at run time; results become component updates as declared."""
+outputs), never silently at run time; results become component updates as declared; every failure of
+a handler reaches the page as an escaped message without server paths, and text inputs are bounded."""
 import gradio as gr
 import pytest
 
+from ideogram_app.limits import Limits
 from ideogram_app.ui.app import build_demo
+from ideogram_app.ui.markup import escape
 from ideogram_app.ui.model_slot import ModelSlot
-from ideogram_app.ui.wiring import Components, WiringError, emits
+from ideogram_app.ui.wiring import Components, WiringError, emits, hide_paths, json_safe
 
 
 @emits("shown")
@@ -89,3 +92,74 @@ def test_the_app_builds_with_every_handler_declared():
     demo = build_demo(ModelSlot())
     handlers = {fn.name for fn in demo.fns.values()}
     assert {"on_canvas_edit", "on_generate", "on_stop", "on_load_model", "on_estimate"} <= handlers
+
+
+def registered(build):
+    """The event functions of a small app, as Gradio calls them."""
+    demo = small_app(build)
+    return [fn.fn for fn in demo.fns.values()]
+
+
+def test_a_failing_handler_reaches_the_page_with_a_message_and_no_server_path():
+    @emits("shown")
+    def on_crash(text):
+        raise RuntimeError(f"cannot open /srv/private/cache/{text}.bin (see https://example.org/a/b)")
+
+    (call,) = registered(lambda ui: ui.on(ui["go"].click, on_crash, ["text"]))
+    with pytest.raises(gr.Error) as err:
+        call("<img src=x>")
+    assert err.value.message == escape("Crash failed: RuntimeError: cannot open <img src=x>.bin (see "
+                                       "https://example.org/a/b). The app keeps serving; the server log has the "
+                                       "details.")
+    assert "/srv/private" not in err.value.message and "<img" not in err.value.message
+
+
+def test_refusals_keep_their_message_escaped_and_memory_errors_say_so():
+    @emits("shown")
+    def on_refuse(text):
+        raise gr.Error(f"bad value {text}", duration=3)
+
+    @emits("shown")
+    def on_big(text):
+        raise MemoryError()
+
+    refuse, big = registered(lambda ui: (ui.on(ui["go"].click, on_refuse, ["text"]),
+                                         ui.on(ui["text"].submit, on_big, ["text"])))
+    with pytest.raises(gr.Error) as err:
+        refuse("</div><script>alert(1)</script>")
+    assert err.value.message == escape("bad value </div><script>alert(1)</script>") and err.value.duration == 3
+    with pytest.raises(gr.Error) as err:
+        big("x")
+    assert err.value.message == escape("Big ran out of memory; try a smaller size or fewer images. The app keeps "
+                                       "serving.")
+
+
+def test_text_inputs_are_bounded_and_made_of_characters():
+    calls = []
+
+    @emits("shown")
+    def on_echo(text):
+        calls.append(text)
+        return {"shown": text}
+
+    def build(ui):
+        ui.limits = Limits(max_caption_chars=10)
+        ui.on(ui["go"].click, on_echo, ["text"])
+
+    (call,) = registered(build)
+    with pytest.raises(gr.Error, match="the text is 11 characters long&#59; at most 10 are accepted"):
+        call("x" * 11)
+    with pytest.raises(gr.Error, match="character 2 is a lone UTF&#45;16 surrogate"):
+        call("a\ud800")
+    assert calls == []  # refused before the handler ran
+    assert list(call("ok").values()) == ["ok"]
+
+
+def test_outputs_are_made_encodable():
+    assert json_safe({"a": ["x\udfff", ("y", 1)], "b\ud800": None}) == {"a": ["x\ufffd", ("y", 1)], "b\ufffd": None}
+
+
+def test_hide_paths_keeps_urls_and_names():
+    assert hide_paths("no /tmp/gradio/abc/x.png here, nor '/home/u/model'") == "no x.png here, nor 'model'"
+    assert hide_paths("see https://huggingface.co/ideogram-ai/x and C:/nothing") == \
+        "see https://huggingface.co/ideogram-ai/x and C:/nothing"
