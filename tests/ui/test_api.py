@@ -3,6 +3,7 @@ all four endpoints, their bad inputs (clear errors, and the app keeps serving), 
 glue events are not part of the API."""
 import json
 import urllib.request
+from pathlib import Path
 
 import pytest
 from gradio_client.exceptions import AppError
@@ -10,6 +11,7 @@ from PIL import Image
 
 from ideogram_app.caption.templates import template_text
 from ideogram_app.pipeline.metadata import read_image_metadata
+from tests.ui.gradio_protocol import call_api
 
 PUBLIC = {"/generate", "/validate_caption", "/format_caption", "/render_layout"}
 
@@ -39,7 +41,11 @@ def test_validate_caption_lists_issues_with_paths(client):
     assert client.predict(template_text("logo"), api_name="/validate_caption") == []
 
 
-def test_render_layout_returns_a_png_of_the_size(client):
+def test_render_layout_returns_a_png_of_the_size(client, app_server):
+    reply = call_api(app_server.url, "render_layout", json.dumps({"data": [template_text("logo"), 64, 64]}))
+    served = Path(reply.data[0]["path"])  # a temporary copy in Gradio's cache (delete_cache), not an output
+    assert served.is_file() and app_server.output_dir not in served.parents
+    assert not list(app_server.output_dir.rglob("layout*.png"))
     path = client.predict(template_text("poster_headline"), 320, 448, api_name="/render_layout")
     image = Image.open(path)
     assert image.format == "PNG" and image.size == (320, 448)
