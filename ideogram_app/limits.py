@@ -36,10 +36,6 @@ class Limits:
         if self.min_side > self.max_side:
             raise ValueError(f"limit min_side {self.min_side} is above max_side {self.max_side}")
 
-    def check_side(self, name: str, value: int) -> None:
-        if not self.min_side <= value <= self.max_side:
-            raise LimitError(f"{name} {value} is outside the allowed {self.min_side}-{self.max_side} pixels")
-
     def check_size(self, width: int, height: int) -> None:
         """Both sides in range and the area within `max_pixels` (whole numbers already checked)."""
         problems = []

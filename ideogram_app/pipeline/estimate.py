@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ideogram_app.loading.safetensors_io import read_headers, resolve_safetensors
-from ideogram_app.pipeline.placement import MEMORY_MODES, MemoryPlan
+from ideogram_app.pipeline.placement import MemoryPlan, check_memory_mode
 
 COMPONENTS = ("transformer", "unconditional_transformer", "text_encoder", "vae")
 
@@ -106,6 +106,7 @@ def estimate_memory(
     text_tokens: int = 1024,
 ) -> MemoryEstimate:
     """Peak memory of one generation under `mode`, from per-component weight bytes."""
+    check_memory_mode(mode)
     act = activation_bytes(height, width, num_images, text_tokens)
     dits = [weights.get(name, 0) for name in ("transformer", "unconditional_transformer")]
     phases = {
@@ -118,6 +119,4 @@ def estimate_memory(
         return MemoryEstimate(total + max(act.values()), 0)
     if mode == "offload":
         return MemoryEstimate(max(phases.values()), total)
-    if mode == "cpu":
-        return MemoryEstimate(0, total + max(act.values()))
-    raise ValueError(f"memory mode {mode!r} is unknown; choose one of {', '.join(MEMORY_MODES)}")
+    return MemoryEstimate(0, total + max(act.values()))  # cpu

@@ -32,9 +32,7 @@ class MemoryPlan:
     @classmethod
     def create(cls, mode: str = "full", device: str | torch.device | None = None) -> "MemoryPlan":
         """The plan for `mode` on `device` (default: CUDA when present)."""
-        if mode not in PLANS:
-            raise ValueError(f"memory mode {mode!r} is unknown; choose one of {', '.join(MEMORY_MODES)}")
-        return PLANS[mode].on(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        return PLANS[check_memory_mode(mode)].on(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
 
     @classmethod
     def on(cls, device: torch.device) -> "MemoryPlan":
@@ -102,6 +100,13 @@ class OffloadPlan(MemoryPlan):
 
 PLANS: dict[str, type[MemoryPlan]] = {"full": MemoryPlan, "offload": OffloadPlan, "cpu": CpuPlan}
 MEMORY_MODES: tuple[str, ...] = tuple(PLANS)
+
+
+def check_memory_mode(mode: object) -> str:
+    """The one rule for memory-mode names (plans, estimates and the app's Model tab ask it)."""
+    if mode not in PLANS:
+        raise ValueError(f"memory mode {mode!r} is unknown; choose one of {', '.join(MEMORY_MODES)}")
+    return mode  # type: ignore[return-value]
 
 
 def _tensor_slots(module: nn.Module) -> list[tuple[dict, str, torch.Tensor]]:

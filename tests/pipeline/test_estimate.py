@@ -54,3 +54,8 @@ def test_auto_fp8_on_the_cpu_loads_fp8_linears(tiny_repos):
     assert any(isinstance(m, Fp8Linear) for m in pipe.transformer.modules())
     with pytest.raises(ValueError, match="fp8 mode 'fast' is unknown; choose one of auto, keep, dequantize"):
         Ideogram4Pipeline.from_pretrained(tiny_repos["fp8"], memory="cpu", fp8="fast")
+
+
+def test_estimates_refuse_an_unknown_mode_with_the_plans_message():
+    with pytest.raises(ValueError, match="memory mode 'fast' is unknown; choose one of full, offload, cpu"):
+        estimate_memory(KNOWN_WEIGHTS["fp8"], "fast")

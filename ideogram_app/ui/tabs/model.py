@@ -12,7 +12,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ideogram_app.limits import DEFAULT_LIMITS, Limits
-from ideogram_app.pipeline.placement import MEMORY_MODES
+from ideogram_app.pipeline.placement import MEMORY_MODES, check_memory_mode
 
 from ..generation import checked_size
 from ..markup import code, escape
@@ -121,8 +121,10 @@ class ModelTab:
             target = self.policy.resolve_source(source)
         except NotAllowedError as err:
             raise gr.Error(str(err), duration=None) from None
-        if memory not in MEMORY_MODES:
-            raise gr.Error(f"Memory mode {memory!r} is unknown; choose one of {', '.join(MEMORY_MODES)}")
+        try:
+            check_memory_mode(memory)
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
         progress(0, desc=f"loading {target}")
         try:
             self.slot.load(target, memory)
