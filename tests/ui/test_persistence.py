@@ -15,7 +15,7 @@ from PIL import Image
 
 from ideogram_app.ui.results import RESULT_NAME, list_results
 from tests.ui.conftest import REPO_ROOT, free_port, screenshot, start_tiny_server, stop_app
-from tests.ui.test_browser import JSON_BOX, caption_in_editor, enter, paste_template
+from tests.ui.test_browser import caption_in_editor, enter, paste_template
 
 WRITER = textwrap.dedent("""
     import os, sys
