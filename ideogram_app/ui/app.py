@@ -45,7 +45,7 @@ def build_demo(slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, policy: Policy 
     decides who may change the model (the default: `python app.py` on this machine)."""
     gr.set_static_paths([str(output_dir())])
     with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
-        ui = Components(demo)
+        ui = Components(demo, limits)
         gr.Markdown(f"# {TITLE}\nDraw boxes, describe them, generate. {LICENCE_NOTE}", elem_id="licence-note")
         with gr.Tab("Compose & generate"):
             ComposeTab(slot, limits).build(ui)
