@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from ideogram_app.loading.safetensors_io import read_headers, resolve_safetensors
+from ideogram_app.pipeline.model_config import WEIGHT_ROLES
 from ideogram_app.pipeline.placement import MemoryPlan, check_memory_mode
-
-COMPONENTS = ("transformer", "unconditional_transformer", "text_encoder", "vae")
+from ideogram_app.pipeline.sizes import token_grid
 
 # Runtime weight bytes of the published repos (docs/pipeline.md, "Memory modes"), for ids not downloaded yet.
 _GB = 10**9
@@ -59,7 +59,7 @@ def weight_bytes_from_files(repo: str | Path, fp8: str = "keep", dtype: torch.dt
     """`component_weight_bytes` of every component found in a repo folder."""
     return {
         role: component_weight_bytes(Path(repo) / role, role, fp8, dtype)
-        for role in COMPONENTS
+        for role in WEIGHT_ROLES
         if (Path(repo) / role).is_dir()
     }
 
@@ -75,7 +75,7 @@ def choose_fp8(plan: MemoryPlan, dequantized_bytes: int, headroom: int = 4 * _GB
 
 def activation_bytes(height: int, width: int, num_images: int = 1, text_tokens: int = 1024, bytes_per: int = 2) -> dict[str, int]:
     """Rough activation peaks per phase for the real model (residual stream, SwiGLU, VAE feature maps)."""
-    tokens = text_tokens + (height // 16) * (width // 16)
+    tokens = text_tokens + math.prod(token_grid(width, height))
     return {
         "text_encoder": text_tokens * _TEXT_FEATURES * 4,
         "dit": num_images * tokens * (8 * _EMB + 3 * _FFN) * bytes_per,

@@ -40,6 +40,7 @@ from ideogram_app.pipeline.placement import MemoryPlan
 from ideogram_app.pipeline.prompt import PreparedPrompt, prepare_prompt
 from ideogram_app.pipeline.sampling import GenerationCancelled, denoise
 from ideogram_app.pipeline.settings import GenerationSettings
+from ideogram_app.pipeline.sizes import token_grid
 from ideogram_app.pipeline.velocity import dit_pair_velocity
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ class Ideogram4Pipeline:
         if output_type not in ("pil", "latent"):
             raise ValueError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
         settings = request.settings
-        grid_h, grid_w = settings.height // 16, settings.width // 16
+        grid_h, grid_w = token_grid(settings.width, settings.height)
         features = self.encode_prompt(request.prompt.text)
         if features.shape[1] != request.num_text_tokens:
             raise RuntimeError(

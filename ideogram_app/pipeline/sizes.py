@@ -9,6 +9,11 @@ RECOMMENDED_MAX = 2048
 MAX_ASPECT = 6.0
 
 
+def token_grid(width: int, height: int) -> tuple[int, int]:
+    """(rows, columns) of image tokens for a valid size: one token per MULTIPLE x MULTIPLE pixels."""
+    return height // MULTIPLE, width // MULTIPLE
+
+
 class SizeError(ValueError):
     """A size the model cannot produce at all (not a multiple of 16, not positive)."""
 

@@ -1,6 +1,6 @@
 import pytest
 
-from ideogram_app.pipeline.sizes import ASPECT_PRESETS, SizeError, check_size, parse_size, size_for_aspect
+from ideogram_app.pipeline.sizes import ASPECT_PRESETS, SizeError, check_size, parse_size, size_for_aspect, token_grid
 
 
 def test_valid_sizes_pass_without_warnings():
@@ -48,3 +48,8 @@ def test_aspect_presets_are_valid_and_close_to_their_ratio():
         aw, ah = (int(x) for x in label.split(" ")[0].split(":"))
         assert abs(w / h - aw / ah) / (aw / ah) < 0.03, label
     assert size_for_aspect(16, 9, 1.0) == (1360, 768)
+
+
+def test_token_grid_is_one_token_per_16_pixels():
+    assert token_grid(1024, 768) == (48, 64)
+    assert token_grid(80, 64) == (4, 5)
