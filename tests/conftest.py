@@ -41,3 +41,26 @@ def tiny_repo_no_uncond(tmp_path_factory) -> Path:
     from tests.fixtures.tiny_repo import write_tiny_repo
 
     return write_tiny_repo(tmp_path_factory.mktemp("repo_no_uncond"), "bf16", with_uncond=False)
+
+
+@pytest.fixture(scope="session")
+def text_encoder_repos(tmp_path_factory) -> dict[str, Path]:
+    """A tiny text encoder (seed 5) with its tokenizer, as bf16 and as fp8 files, for the model's
+    reference tests and the loader's tests alike."""
+    from tests.fixtures.tiny_text_encoder import write_tiny_text_encoder, write_tiny_tokenizer
+
+    out = {}
+    for layout in ("bf16", "fp8"):
+        root = tmp_path_factory.mktemp(f"text_encoder_{layout}")
+        write_tiny_text_encoder(root, layout=layout, seed=5)
+        write_tiny_tokenizer(root)
+        out[layout] = root
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_folder(tmp_path_factory) -> Path:
+    """A tiny FLUX.2 VAE (seed 3) in diffusers' `vae/` layout."""
+    from tests.fixtures.tiny_vae import write_tiny_vae
+
+    return write_tiny_vae(tmp_path_factory.mktemp("vae_repo"), seed=3)

@@ -11,18 +11,11 @@ import ideogram_app.loading.streaming as streaming_module
 from ideogram_app.loading.text_encoder import QWEN3_VL_8B_TEXT_CONFIG, load_text_encoder
 from ideogram_app.model.fp8 import Fp8Linear
 from ideogram_app.model.text_encoder import TAP_LAYERS
-from tests.fixtures.tiny_text_encoder import write_tiny_text_encoder, write_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
-def repos(tmp_path_factory):
-    out = {}
-    for layout in ("bf16", "fp8"):
-        root = tmp_path_factory.mktemp(layout)
-        write_tiny_text_encoder(root, layout=layout, seed=5)
-        write_tiny_tokenizer(root)
-        out[layout] = root
-    return out
+def repos(text_encoder_repos):
+    return text_encoder_repos
 
 
 def test_fp8_modes_keep_or_widen_the_linears(repos):

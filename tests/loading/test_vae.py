@@ -12,8 +12,8 @@ from tests.fixtures.tiny_vae import TINY_VAE_CONFIG, tiny_vae_state_dict, write_
 
 
 @pytest.fixture(scope="module")
-def vae_folder(tmp_path_factory):
-    return write_tiny_vae(tmp_path_factory.mktemp("repo"), seed=3)
+def vae_folder(tiny_vae_folder):
+    return tiny_vae_folder
 
 
 @pytest.fixture(scope="module")

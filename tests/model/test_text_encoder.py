@@ -11,24 +11,14 @@ from transformers import Qwen3VLConfig, Qwen3VLModel
 from ideogram_app.loading.text_encoder import load_text_encoder
 from ideogram_app.model.prompt_tokenizer import PromptTooLongError
 from ideogram_app.model.text_encoder import TAP_LAYERS
-from tests.fixtures.tiny_text_encoder import (
-    LLM_FEATURES_DIM,
-    write_tiny_text_encoder,
-    write_tiny_tokenizer,
-)
+from tests.fixtures.tiny_text_encoder import LLM_FEATURES_DIM
 
 PROMPT = '{"high_level_description": "A red poster", "elements": [{"type": "text", "text": "HELLO"}]}'
 
 
 @pytest.fixture(scope="module")
-def repos(tmp_path_factory):
-    out = {}
-    for layout in ("bf16", "fp8"):
-        root = tmp_path_factory.mktemp(layout)
-        write_tiny_text_encoder(root, layout=layout, seed=5)
-        write_tiny_tokenizer(root)
-        out[layout] = root
-    return out
+def repos(text_encoder_repos):
+    return text_encoder_repos
 
 
 def reference_model(folder, dequantize: bool) -> Qwen3VLModel:

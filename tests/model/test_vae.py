@@ -7,12 +7,11 @@ from diffusers import AutoencoderKLFlux2
 
 from ideogram_app.loading.vae import load_vae
 from ideogram_app.model.flux2_vae import Flux2VAE, Flux2VAEConfig
-from tests.fixtures.tiny_vae import write_tiny_vae
 
 
 @pytest.fixture(scope="module")
-def vae_folder(tmp_path_factory):
-    return write_tiny_vae(tmp_path_factory.mktemp("repo"), seed=3)
+def vae_folder(tiny_vae_folder):
+    return tiny_vae_folder
 
 
 @pytest.fixture(scope="module")
