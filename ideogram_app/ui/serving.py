@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import gradio as gr
 from starlette.middleware import Middleware
 
-from ideogram_app.limits import DEFAULT_LIMITS
+from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.pipeline.placement import MEMORY_MODES
 
 from .login_limit import MAX_FAILURES, WINDOW_S, LoginRateLimit
@@ -40,6 +40,13 @@ class ServeOptions:
     allow_hub: bool | None = None  # None: the policy's default (allowed only in the local default)
     mcp: bool = False
     queue_size: int = DEFAULT_QUEUE_SIZE
+    max_side: int = DEFAULT_LIMITS.max_side
+
+    @property
+    def limits(self) -> Limits:
+        """The app's bounds: the defaults, with the largest side (and so the pixel budget) raised or
+        lowered by --max-side."""
+        return replace(DEFAULT_LIMITS, max_side=self.max_side, max_pixels=self.max_side**2)
 
 
 def parse_auth(text: str) -> tuple[str, str]:
@@ -83,6 +90,9 @@ def parse_options(argv: list[str] | None = None, environ: Mapping[str, str] = os
                         help="also serve the public endpoints as MCP tools; not with --auth (env GRADIO_MCP_SERVER=1)")
     parser.add_argument("--queue-size", type=int, default=int(environ.get("IDEOGRAM_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)),
                         help="most requests waiting in the queue (env IDEOGRAM_QUEUE_SIZE)")
+    parser.add_argument("--max-side", type=int, default=int(environ.get("IDEOGRAM_MAX_SIDE", DEFAULT_LIMITS.max_side)),
+                        help=f"largest image side in pixels a request may ask for (default {DEFAULT_LIMITS.max_side}; "
+                             "env IDEOGRAM_MAX_SIDE); the pixel budget is its square")
     args = parser.parse_args(argv)
     try:
         auth = tuple(args.auth) if args.auth else tuple(
@@ -96,7 +106,7 @@ def parse_options(argv: list[str] | None = None, environ: Mapping[str, str] = os
     allow_hub = args.allow_hub if args.allow_hub is not None else _env_flag(environ, "IDEOGRAM_ALLOW_HUB")
     options = ServeOptions(model=args.model, memory=args.memory, host=args.host, port=args.port, share=args.share,
                            auth=auth, admins=admins, models_dirs=models_dirs, allow_hub=allow_hub, mcp=args.mcp,
-                           queue_size=args.queue_size)
+                           queue_size=args.queue_size, max_side=args.max_side)
     problem = check_options(options)
     if problem:
         parser.error(problem)
@@ -117,6 +127,9 @@ def check_options(options: ServeOptions) -> str | None:
     missing = [d for d in options.models_dirs if not os.path.isdir(os.path.expanduser(d))]
     if missing:
         return f"--models-dir (IDEOGRAM_MODELS_DIRS) {missing[0]!r} is not a folder"
+    if not DEFAULT_LIMITS.min_side <= options.max_side or options.max_side % 16:
+        return (f"--max-side (IDEOGRAM_MAX_SIDE) {options.max_side} must be a multiple of 16 and at least "
+                f"{DEFAULT_LIMITS.min_side}")
     if options.mcp and options.auth:
         return ("--mcp cannot be combined with --auth: Gradio 6.31 serves the MCP tool list without a login and "
                 "its tool calls fail for signed-in clients, so MCP would be open to anyone and useless to your "
@@ -129,7 +142,7 @@ def launch_kwargs(options: ServeOptions, environ: Mapping[str, str] = os.environ
     # Uploads over the limit are refused by Gradio's upload route. show_error: every handler turns its own
     # failures into messages (wiring.py, api.py); what is left are Gradio's checks of a request (too few
     # inputs, a value its component cannot read), whose messages must reach the client too.
-    kwargs.update(max_file_size=DEFAULT_LIMITS.max_upload_bytes, show_error=True)
+    kwargs.update(max_file_size=options.limits.max_upload_bytes, show_error=True)
     if options.host:
         kwargs["server_name"] = options.host
     if options.port:

@@ -149,3 +149,20 @@ def test_auth_is_required_when_asked_for(tmp_path):
         Client(url, verbose=False, auth=("bob", "pw")).close()
     finally:
         stop_app(proc)
+
+
+def test_max_side_raises_or_lowers_the_app_limits(capsys):
+    from ideogram_app.pipeline.settings import SettingsError
+    from ideogram_app.ui.generation import checked_size
+
+    default = parse_options([], environ={})
+    with pytest.raises(SettingsError, match="width 3072 is outside the allowed 64-2048 pixels"):
+        checked_size(3072, 1024, default.limits)
+    raised = parse_options(["--max-side", "4096"], environ={})
+    assert (raised.limits.max_side, raised.limits.max_pixels) == (4096, 4096**2)
+    assert checked_size(3072, 1024, raised.limits).width == 3072
+    assert launch_kwargs(raised)["max_file_size"] == raised.limits.max_upload_bytes
+    assert parse_options([], environ={"IDEOGRAM_MAX_SIDE": "1024"}).limits.max_pixels == 1024**2
+    with pytest.raises(SystemExit):
+        parse_options(["--max-side", "1000"], environ={})
+    assert "--max-side (IDEOGRAM_MAX_SIDE) 1000 must be a multiple of 16" in capsys.readouterr().err
