@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
         for flag, message in err.problems:
             print(f"error: {flag}: {message}", file=sys.stderr)
         return 2
-    from ideogram_app.train.loop import run_training  # after the settings are known good: loads torch & co
+    from ideogram_app.train.memory import prefer_expandable_segments  # after the settings are known good: loads torch & co
+
+    prefer_expandable_segments()  # before anything touches CUDA
+    from ideogram_app.train.loop import run_training
 
     return run_training(config, warnings)

@@ -52,6 +52,7 @@ from ideogram_app.train.cache import (
 from ideogram_app.train.checkpoints import load_checkpoint, remove_partial, resolve_resume, save_checkpoint, step_folder, write_outputs
 from ideogram_app.train.config import TrainConfig, as_dict, cache_root, fp8_role, is_lora, lora_alpha, split_list
 from ideogram_app.train.data import Dataset, DataError, load_dataset
+from ideogram_app.train.lean_lora import lean_lora
 from ideogram_app.train.memory import checkpoint_blocks, release_text_projection, store_fp8
 from ideogram_app.train.objective import collate, draw, flow_matching_loss
 from ideogram_app.train.optim import build_optimizer, build_scheduler
@@ -248,7 +249,7 @@ def build_caches(run: Run, projected: bool) -> None:
 
 
 def prepare_run(run: Run) -> None:
-    c, acc = run.config, run.accelerator
+    c = run.config
     run.dit = dit = load_dit(run)
     if run.lora:
         names = run.inputs.targets
@@ -271,17 +272,7 @@ def prepare_run(run: Run) -> None:
     if projected:
         release_text_projection(dit)
     release_memory()
-    if c.use_gradient_checkpointing or c.use_gradient_checkpointing_offload:
-        checkpoint_blocks(dit, offload=c.use_gradient_checkpointing_offload)
-    optimizer = build_optimizer(c, run.params)
-    run.scheduler = build_scheduler(c, optimizer, run.inputs.total_steps)
-    if acc.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
-        # DDP neither broadcasts nor buckets the frozen base: only the trained tensors are its business.
-        frozen = [n for n, p in dit.named_parameters() if not p.requires_grad] + [n for n, _ in dit.named_buffers()]
-        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(dit, frozen)
-    run.model, run.optimizer = acc.prepare(dit, optimizer)
-    if _fsdp(acc):
-        run.params = list(run.model.parameters())
+    prepare_model(run, run.inputs.total_steps)
     if run.inputs.prompts:
         dtype = getattr(torch, c.dtype)
         paths = run.inputs.paths
@@ -292,6 +283,25 @@ def prepare_run(run: Run) -> None:
                 paths.unconditional_transformer, "cpu", dtype, fp8, subfolder="unconditional_transformer"),
             lambda: load_vae(paths.vae, "cpu", dtype),
         )
+
+
+def prepare_model(run: Run, total_steps: int) -> None:
+    """Memory passes, optimiser, schedule and Accelerate's wrapping, for `run.dit` whose trainable
+    tensors are `run.params` (also what benchmarks/ measures: the step there is this one)."""
+    c, acc, dit = run.config, run.accelerator, run.dit
+    if run.lora:
+        lean_lora(dit)
+    if c.use_gradient_checkpointing or c.use_gradient_checkpointing_offload:
+        checkpoint_blocks(dit, offload=c.use_gradient_checkpointing_offload)
+    optimizer = build_optimizer(c, run.params)
+    run.scheduler = build_scheduler(c, optimizer, total_steps)
+    if acc.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        # DDP neither broadcasts nor buckets the frozen base: only the trained tensors are its business.
+        frozen = [n for n, p in dit.named_parameters() if not p.requires_grad] + [n for n, _ in dit.named_buffers()]
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(dit, frozen)
+    run.model, run.optimizer = acc.prepare(dit, optimizer)
+    if _fsdp(acc):
+        run.params = list(run.model.parameters())
 
 
 # ----- 3. the loop ---------------------------------------------------------------------------------
@@ -331,6 +341,26 @@ def micro_step(run: Run, batch, scale: float) -> torch.Tensor:
     loss = flow_matching_loss(run.model, run.dit, batch)
     run.accelerator.backward(loss * scale)
     return loss.detach()
+
+
+def optimizer_step(run: Run, next_batch, accumulation: int) -> tuple[float, float, float]:
+    """One optimiser step over `accumulation` micro-steps (`next_batch(a)` gives micro-step a's batch):
+    forward/backward, clipping, AdamW, schedule. Returns (loss averaged over micro-steps and processes,
+    gradient norm before clipping, the learning rate the step used). Collective."""
+    acc = run.accelerator
+    losses = []
+    for a in range(accumulation):
+        with acc.no_sync(run.model) if a < accumulation - 1 else nullcontext():
+            losses.append(micro_step(run, next_batch(a), 1.0 / accumulation))
+    grad_norm = acc.clip_grad_norm_(run.params, run.config.max_grad_norm or math.inf)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
+    if isinstance(grad_norm, DTensor):  # FSDP2 returns the (replicated) total norm as a DTensor
+        grad_norm = grad_norm.full_tensor()
+    return loss, float(grad_norm), lr
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -389,22 +419,11 @@ def train(run: Run, stop: StopRequest) -> str:
         batches = epoch_batches(sizes, c.dataset_repeat, c.batch_size, c.seed, epoch)
         for k in range(start, steps_per_epoch):
             began = time.perf_counter()
-            losses = []
-            for a in range(accumulation):
-                batch = make_batch(run, batches[(k * accumulation + a) * world + acc.process_index], epoch)
-                with acc.no_sync(run.model) if a < accumulation - 1 else nullcontext():
-                    losses.append(micro_step(run, batch, 1.0 / accumulation))
-            grad_norm = acc.clip_grad_norm_(run.params, c.max_grad_norm or math.inf)
-            lr = run.scheduler.get_last_lr()[0]
-            run.optimizer.step()
-            run.scheduler.step()
-            run.optimizer.zero_grad(set_to_none=True)
+            loss, grad_norm, lr = optimizer_step(
+                run, lambda a: make_batch(run, batches[(k * accumulation + a) * world + acc.process_index], epoch), accumulation)
             step += 1
-            loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
             stop_now = acc.reduce(torch.tensor(float(stop.requested), device=acc.device), "sum").item() > 0
-            if isinstance(grad_norm, DTensor):  # FSDP2 returns the (replicated) total norm as a DTensor
-                grad_norm = grad_norm.full_tensor()
-            row = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+            row = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                    "s_per_step": time.perf_counter() - began, "peak_mem_gib": round(peak_memory_gib(acc.device), 3)}
             run.record.log(row)
             bar.update(1)
@@ -442,8 +461,8 @@ def validate(run: Run, step: int) -> None:
 
 # ----- entry point ---------------------------------------------------------------------------------
 
-def run_training(c: TrainConfig, warnings: list[str]) -> int:
-    """The whole run; exit status 0 (finished / stopped), 1 (failed during the run), 2 (bad input)."""
+def make_accelerator(c: TrainConfig) -> Accelerator:
+    """The run's Accelerator (never autocast: see docs/training.md, "Several processes and GPUs")."""
     accelerator = Accelerator(
         mixed_precision="no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=c.find_unused_parameters)],
@@ -451,6 +470,12 @@ def run_training(c: TrainConfig, warnings: list[str]) -> int:
     if accelerator.device.type == "cuda":
         # Only fp32 matmuls change: the LoRA A projection, whose input is a bf16 activation anyway.
         torch.backends.cuda.matmul.allow_tf32 = True
+    return accelerator
+
+
+def run_training(c: TrainConfig, warnings: list[str]) -> int:
+    """The whole run; exit status 0 (finished / stopped), 1 (failed during the run), 2 (bad input)."""
+    accelerator = make_accelerator(c)
     asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if asked != "no":
         warnings = [*warnings, f"the launcher asks for {asked} mixed precision; Ideogram 4 must not train under autocast "

@@ -1,13 +1,18 @@
 """Memory passes applied to a loaded DiT before training (gpt-fast style: each a small function).
 
 - `checkpoint_blocks`: per-block activation checkpointing: a block keeps only its input for the
-  backward pass and recomputes the rest; with `offload` that input waits in CPU RAM.
+  backward pass and recomputes the rest; with `offload` that input waits in pinned CPU RAM.
 - `store_fp8`: frozen Linears kept as scaled fp8 (`Fp8Linear`, one fp32 scale per output row, the
   official checkpoint's recipe), widened to the compute dtype on every forward.
 - `release_text_projection`: once the text rows are cached already projected, the 53248→emb_dim
   projection (245 M parameters in the released model) is never called again and is dropped.
+- `lean_lora` (its own file): LoRA layers whose backward keeps no fp32 input copies and no widened
+  fp8 weights.
+- `prefer_expandable_segments`: the CUDA allocator grows segments instead of caching fixed blocks.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
@@ -18,16 +23,42 @@ from ideogram_app.model.fp8 import FP8_DTYPE, Fp8Linear
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 
 
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+
+
+def host_copies_of(kept: torch.Tensor):
+    """Saved-tensor hooks that keep `kept`, wherever autograd saves it, as a host copy (pinned when it
+    lives on a GPU, so the copies run asynchronously on the current stream) and bring it back on
+    unpacking. Other saved tensors are left alone."""
+
+    def pack(tensor: torch.Tensor):
+        if not _same_tensor(tensor, kept):
+            return tensor
+        on_gpu = tensor.device.type == "cuda"
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=on_gpu)
+        host.copy_(tensor, non_blocking=on_gpu)
+        return tensor.device, host
+
+    def unpack(packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        device, host = packed
+        return host.to(device, non_blocking=device.type == "cuda")
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
 def _checkpointed(forward, offload: bool):
     def run(h: torch.Tensor, *args):
         if not torch.is_grad_enabled():  # validation samples: nothing to save
             return forward(h, *args)
         if not offload:
             return checkpoint(forward, h, *args, use_reentrant=False)
-        device = h.device
-        # The checkpoint keeps its inputs alive for the recomputation; handing it a host copy of h
-        # is what moves the saved activation off the device.
-        return checkpoint(lambda host, *rest: forward(host.to(device, non_blocking=True), *rest), h.to("cpu"), *args, use_reentrant=False)
+        # The checkpoint saves its inputs through autograd's saved tensors before it installs its own
+        # hooks for the block's operations, so these outer hooks see exactly the block input.
+        with host_copies_of(h):
+            return checkpoint(forward, h, *args, use_reentrant=False)
 
     return run
 
@@ -79,3 +110,11 @@ def release_text_projection(dit: nn.Module) -> None:
     dit.llm_cond_proj = ReleasedModule(
         "llm_cond_proj was released: this run reads text rows already projected from the feature cache"
     )
+
+
+def prefer_expandable_segments() -> None:
+    """Let the CUDA caching allocator map memory into growing segments (less fragmentation: the
+    memory reserved stays close to the memory in use) unless the user configured the allocator.
+    Only works before CUDA is first used, so the command line calls it before anything else."""
+    if not any(os.environ.get(name) for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")):
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
