@@ -398,10 +398,14 @@ def tail_bytes(path: Path, limit: int) -> str:
 
 
 def log_errors(folder: Path) -> str | None:
-    """The trainer's `error:` lines from the end of the run's log (what it says when it refuses)."""
-    lines = [line.strip() for line in tail_bytes(folder / LOG_FILE, 64_000).splitlines()]
-    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error:")]
-    return "\n".join(errors[-20:]) or None
+    """What the trainer said when it refused to start: its log from the first `error:` line of the
+    last attempt (the message may go on over several lines, one per problem), at most 4000 characters."""
+    text = tail_bytes(folder / LOG_FILE, 64_000).rsplit("\n$ ", 1)[-1]
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
+    if first is None:
+        return None
+    return "\n".join([lines[first].removeprefix("error: "), *lines[first + 1:]]).strip()[:4000]
 
 
 @dataclass
@@ -490,9 +494,11 @@ class RunManager:
 
     # -- start / stop / resume / delete --
 
-    def start(self, owner: str, name: str | None, values: dict[str, Any]) -> RunInfo:
+    def start(self, owner: str, name: str | None, values: dict[str, Any], validation_prompts: str | None = None) -> RunInfo:
         """A new run folder and a trainer process for `values` (settings by name; `output_path` and
-        `resume` are the manager's). Raises ConfigError (settings) or TrainFilesError."""
+        `resume` are the manager's). `validation_prompts` (JSON lines) is written into the run folder
+        as the --validation_prompts file. Raises ConfigError (settings) or TrainFilesError; a refused
+        start leaves no folder behind."""
         for reserved in ("output_path", "resume"):
             if values.get(reserved) not in (None, ""):
                 raise TrainFilesError(f"--{reserved} is chosen by the app (the run folder, Resume)")
@@ -500,12 +506,23 @@ class RunManager:
         folder = runs_dir(owner) / name
         if folder.exists():
             raise TrainFilesError(f"run {name!r} exists already; choose another name, or Resume or Delete it")
-        values = {**values, "output_path": str(folder)}
-        argv = train_command(values)  # checks every setting before the folder exists
         folder.mkdir()
+        try:
+            values = {**values, "output_path": str(folder)}
+            if validation_prompts and validation_prompts.strip():
+                prompts = folder / "validation_prompts.jsonl"
+                prompts.write_text(validation_prompts.strip() + "\n", encoding="utf-8")
+                values["validation_prompts"] = str(prompts)
+            argv = train_command(values)  # the trainer's own checks of every setting
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return self._launch(folder, values, argv)
 
-    def resume(self, folder: Path) -> RunInfo:
+    def resume(self, folder: Path, max_steps: int | None = None) -> RunInfo:
+        """Continue a stopped, interrupted or failed run in its folder (`--resume latest` from its last
+        checkpoint; a run the trainer refused before writing anything starts again), with the same
+        settings, or another `max_steps` (the trainer allows that change)."""
         info = self.info(folder)
         if info.alive:
             raise TrainFilesError(f"run {info.name} is still running")
@@ -515,6 +532,8 @@ class RunManager:
         values = dict(launch.get("values") or {})
         if not values:
             raise TrainFilesError(f"run {info.name} was not started by this app ({LAUNCH_FILE} is missing)")
+        if max_steps is not None:
+            values["max_steps"] = max_steps
         if (folder / "run.json").exists():
             if not info.checkpoints:
                 raise TrainFilesError(f"run {info.name} has no checkpoint to resume from; delete it and start again")

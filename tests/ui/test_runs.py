@@ -1,0 +1,193 @@
+"""ui/runs.py against real files and real trainer processes (the tiny repo, 80x64 images, rank 2, CPU).
+
+Datasets: uploads and zips checked before anything is written, canonical sidecars that the caption
+core verifies clean, the four caption statuses. Runs: the command line comes from the trainer's
+own SETTINGS; a run finishes with its LoRA; SIGTERM stops it with a checkpoint and Resume finishes
+it; a new manager (an app restart) lists the runs from their folders; a corrupt image fails with
+the trainer's own message; the GPU lease is held while a run lives.
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ideogram_app.caption import verify
+from ideogram_app.train.config import ConfigError
+from ideogram_app.ui import runs
+
+CAPTION = {"high_level_description": "A flat test image with one word.",
+           "compositional_deconstruction": {"background": "smooth colour noise", "elements": [
+               {"type": "text", "bbox": [100, 150, 500, 850], "text": "Hi", "desc": "a short white word"}]}}
+
+
+def png_bytes(seed: int, size=(80, 64)) -> bytes:
+    rng = np.random.default_rng(seed)
+    small = (rng.random((size[1] // 16, size[0] // 16, 3)) * 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(small).resize(size, Image.BILINEAR).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def train_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("IDEOGRAM_TRAIN_DIR", str(tmp_path / "training"))
+    return tmp_path / "training"
+
+
+def uploads(tmp_path: Path, count: int = 3) -> list[tuple[str, Path]]:
+    found = []
+    for i in range(count):
+        path = tmp_path / f"upload-{i}.png"
+        path.write_bytes(png_bytes(i))
+        found.append((f"photo {i}.png", path))
+    return found
+
+
+def captioned_dataset(tmp_path: Path, name: str = "set") -> Path:
+    folder = runs.create_dataset("local", name, uploads(tmp_path))
+    images = runs.dataset_images(folder)
+    runs.write_caption(images[0], json.dumps(CAPTION, indent=2))  # pretty input, canonical on disk
+    assert runs.copy_caption_to_all(folder, json.dumps(CAPTION), source=images[0]) == 2
+    return folder
+
+
+def test_datasets_uploads_zips_and_caption_status(tmp_path):
+    folder = runs.create_dataset("local", "first", uploads(tmp_path))
+    images = runs.dataset_images(folder)
+    assert [p.name for p in images] == ["photo_0.png", "photo_1.png", "photo_2.png"]  # names flattened and made safe
+    assert {runs.caption_status(p).status for p in images} == {runs.MISSING}
+    runs.write_caption(images[0], json.dumps(CAPTION, indent=2))
+    text = images[0].with_suffix(".json").read_text(encoding="utf-8")
+    assert verify(text) == [] and json.loads(text) == CAPTION  # canonical (compact, key order) and clean
+    runs.write_caption(images[1], "a photo of noise")
+    assert images[1].with_suffix(".txt").read_text() == "a photo of noise"
+    images[2].with_suffix(".json").write_text('{"compositional_deconstruction": {"elements": []}}')
+    assert [runs.caption_status(p).status for p in images] == [runs.CLEAN, runs.PLAIN, runs.ERRORS]
+    assert "background" in runs.caption_status(images[2]).detail
+    runs.write_caption(images[1], json.dumps(CAPTION))  # a JSON caption replaces the .txt sidecar
+    assert not images[1].with_suffix(".txt").exists() and runs.caption_status(images[1]).status == runs.CLEAN
+
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("nested/a.png", png_bytes(5))
+        handle.writestr("nested/a.json", json.dumps(CAPTION))
+        handle.writestr("__MACOSX/._a.png", b"junk")
+        handle.writestr("../evil.sh", b"#!/bin/sh")
+    zipped = runs.create_dataset("local", None, [("set.zip", archive)])
+    assert sorted(p.name for p in zipped.iterdir()) == ["a.json", "a.png"]
+    assert runs.caption_status(zipped / "a.png").status == runs.CLEAN
+    assert sorted(runs.list_datasets("local")) == sorted([str(folder), str(zipped)])
+
+
+def test_bad_uploads_are_refused_with_nothing_written(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(runs.TrainFilesError, match="bad.png is not an image"):
+        runs.create_dataset("local", "broken", [*uploads(tmp_path), ("bad.png", bad)])
+    assert not (runs.datasets_dir("local") / "broken").exists()
+    with pytest.raises(runs.TrainFilesError, match="dataset name '../x'"):
+        runs.create_dataset("local", "../x", uploads(tmp_path))
+    script = tmp_path / "run.sh"
+    script.write_text("echo")
+    with pytest.raises(runs.TrainFilesError, match="run.sh: only images"):
+        runs.create_dataset("local", "script", [("run.sh", script)])
+    with pytest.raises(runs.TrainFilesError, match="is not one of your datasets"):
+        runs.resolve_dataset("local", "/etc")
+
+
+def test_the_command_line_comes_from_the_trainer_settings(tmp_path, tiny_repo):
+    folder = captioned_dataset(tmp_path)
+    argv = runs.train_command({"model": str(tiny_repo), "dataset_base_path": str(folder), "lora_base_model": "dit",
+                               "lora_rank": 2, "learning_rate": 0.001, "use_gradient_checkpointing": True,
+                               "batch_size": 1})  # batch_size 1 is the default: not written
+    assert argv[:3] == [sys.executable, "-m", "ideogram_app.train"]
+    assert argv[3:] == ["--dataset_base_path", str(folder), "--model", str(tiny_repo), "--lora_base_model", "dit",
+                        "--lora_rank", "2", "--learning_rate", "0.001", "--use_gradient_checkpointing"]
+    with pytest.raises(ConfigError) as refused:
+        runs.train_command({"model": str(tiny_repo), "dataset_base_path": str(folder), "lora_rank": "two"})
+    assert dict(refused.value.problems)["--lora_rank"] == "must be a whole number, got 'two'"
+
+
+def wait_until(predicate, timeout: float = 90, what: str = "the run"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not get there in {timeout} s")
+        time.sleep(0.1)
+
+
+def settings(repo: Path, folder: Path, cache: Path, steps: int) -> dict:
+    return {"model": str(repo), "dataset_base_path": str(folder), "lora_base_model": "dit", "lora_rank": 2,
+            "learning_rate": 1e-3, "max_steps": steps, "dtype": "float32", "cache_dir": str(cache),
+            "save_steps": 3}
+
+
+def test_stop_resume_restart_and_the_lease(tmp_path, tiny_repo):
+    folder = captioned_dataset(tmp_path)
+    manager = runs.RunManager(runs.GpuLease())
+    info = manager.start("local", "long", settings(tiny_repo, folder, tmp_path / "cache", 100_000))
+    assert info.command.startswith("python -m ideogram_app.train --dataset_base_path")
+    assert manager.lease.holder() == "long"
+    cursor = runs.MetricsCursor()
+    seen: list[dict] = []
+
+    def more_rows():
+        nonlocal cursor
+        rows, cursor, _ = runs.read_new_metrics(info.folder, cursor)
+        seen.extend(rows)
+        return len(seen) >= 4
+
+    wait_until(more_rows)
+    assert [row["step"] for row in seen] == list(range(1, len(seen) + 1))  # incremental reads: no gaps, no repeats
+    with pytest.raises(runs.TrainFilesError, match="is running; stop it first"):
+        manager.delete(info.folder)
+    manager.stop(info.folder)
+    wait_until(lambda: not manager.alive(info.folder))
+    stopped = manager.info(info.folder)
+    assert stopped.status == "stopped" and stopped.checkpoints and stopped.lora is not None
+    assert manager.lease.holder() is None
+
+    manager.resume(info.folder, max_steps=stopped.step + 2)
+    wait_until(lambda: not manager.alive(info.folder))
+    finished = manager.info(info.folder)
+    assert finished.status == "finished", finished.message
+    assert finished.step == stopped.step + 2 and finished.final_loss is not None
+
+    restarted = runs.RunManager(runs.GpuLease())  # a new app process: nothing in memory
+    (listed,) = restarted.list("local")
+    assert (listed.name, listed.status, listed.lora, listed.step) == ("long", "finished", finished.lora, finished.step)
+    assert restarted.delete(info.folder) == "long" and restarted.list("local") == []
+
+
+def test_a_failing_run_reports_the_trainer_message(tmp_path, tiny_repo):
+    folder = captioned_dataset(tmp_path)
+    (folder / "broken.png").write_bytes(png_bytes(9)[:60])  # truncated
+    runs.write_caption(folder / "broken.png", json.dumps(CAPTION))
+    manager = runs.RunManager(runs.GpuLease())
+    info = manager.start("local", None, settings(tiny_repo, folder, tmp_path / "cache", 4))
+    wait_until(lambda: not manager.alive(info.folder))
+    failed = manager.info(info.folder)
+    assert failed.status == "failed" and "broken.png" in failed.message, failed.message
+    assert "error:" in manager.log_tail(info.folder)
+
+
+def test_metrics_are_read_in_bounded_chunks(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": i, "loss": 1.0}) + "\n" for i in range(1, 2001)))
+    rows, cursor, reset = runs.read_new_metrics(tmp_path, runs.MetricsCursor(), chunk=4096)
+    assert reset and 0 < len(rows) < 200 and rows[-1]["step"] == 2000  # the tail, from a whole line
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"step": 2001, "loss": 0.5}) + "\n" + '{"step": 2002, "lo')  # a line being written
+    rows, cursor, reset = runs.read_new_metrics(tmp_path, cursor, chunk=4096)
+    assert not reset and [r["step"] for r in rows] == [2001]
+    path.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")  # a resumed run dropped rows: start over
+    rows, cursor, reset = runs.read_new_metrics(tmp_path, cursor, chunk=4096)
+    assert reset and [r["step"] for r in rows] == [1]
