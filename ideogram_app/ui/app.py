@@ -17,6 +17,7 @@ from .policy import Policy
 from .results import output_dir
 from .tabs.compose import ComposeTab
 from .tabs.model import ModelTab
+from .tabs.train import TrainTab
 from .wiring import Components
 
 TITLE = "Ideogram 4 Layout Studio"
@@ -51,6 +52,8 @@ def build_demo(slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, policy: Policy 
             ComposeTab(slot, limits).build(ui)
         with gr.Tab("Model"):
             ModelTab(slot, limits, policy).build(ui)
+        with gr.Tab("Train"):
+            TrainTab(slot, limits, policy).build(ui)
         with gr.Tab("About & licence"):
             gr.Markdown(ABOUT)
         PublicApi(slot, limits).register()
