@@ -4,7 +4,8 @@ They take and return plain values, so `gradio_client` and MCP agents can call th
 docstrings become the API page and the MCP tool descriptions (Gradio reads the hints at run time,
 so this module must not use postponed annotations). The generation parameters are
 `GenerationSettings` fields under their own names, so the settings' messages name them as they
-are; their defaults are the settings' defaults. (Issue paths are returned as `json_path`:
+are; their defaults are the settings' defaults. `loras` names files of the server's LoRA folder
+only (loras.py), never a path. (Issue paths are returned as `json_path`:
 gradio_client would take a dict key named `path` for a file to download.)
 
 Every call is checked before any work, cheapest first: the caption's type, size in characters and
@@ -29,6 +30,7 @@ from ideogram_app.pipeline.settings import RANDOM_SEED, SEED_MAX, GenerationSett
 from ideogram_app.pipeline.sizes import MULTIPLE, RECOMMENDED_MAX, RECOMMENDED_MIN
 
 from .generation import DEFAULTS, JSON_TYPES, GenerationFailed, checked_caption, checked_size, generate_images
+from .loras import MAX_LORAS, SCALE_MAX, SCALE_MIN, parse_lora_args
 from .model_slot import ModelNotLoadedError, ModelSlot
 from .results import API_FOLDER, owner_folder, results_dir, save_preview, save_results
 from .wiring import GPU, describe_failure, json_safe
@@ -86,7 +88,8 @@ class PublicApi:
 
     def generate(self, caption: str, width: int = DEFAULTS["width"], height: int = DEFAULTS["height"],
                  preset: str = DEFAULTS["preset"], seed: int = RANDOM_SEED,
-                 num_images: int = DEFAULTS["num_images"], request: gr.Request = None) -> tuple[list[FileData], dict]:
+                 num_images: int = DEFAULTS["num_images"], loras: list[str] | None = None,
+                 request: gr.Request = None) -> tuple[list[FileData], dict]:
         """Generate Ideogram 4 images from a caption.
 
         Args:
@@ -96,6 +99,7 @@ class PublicApi:
             preset: the sampler preset: {presets}.
             seed: random seed, 0-{seed_max}; {random_seed} picks one.
             num_images: how many images; they use seeds seed, seed+1, ...
+            loras: optional LoRAs from the server's LoRA folder as "file.safetensors:scale" strings (scale {scale_min:g} to {scale_max:g}, 1 when omitted), at most {max_loras}; an unknown name is refused with the list of available files.
 
         Returns:
             The PNG files (caption and settings in their metadata) and the settings used.
@@ -104,9 +108,10 @@ class PublicApi:
             caption = checked_caption(caption, self.limits)
             settings = GenerationSettings(width=width, height=height, preset=preset, seed=seed, num_images=num_images,
                                           limits=self.limits)
+            chosen = parse_lora_args(loras)
             pipe = self.slot.require().pipe
             prepared = pipe.prepare(caption, settings)  # caption, token count
-            images = generate_images(pipe, prepared)
+            images = generate_images(pipe, prepared, loras=chosen)
         except (ValueError, ModelNotLoadedError, GenerationFailed) as err:  # input, no model, out of memory
             raise gr.Error(str(err)) from None
         username = getattr(request, "username", None)
@@ -116,7 +121,7 @@ class PublicApi:
 
     generate.__doc__ = generate.__doc__.format(
         multiple=MULTIPLE, recommended_min=RECOMMENDED_MIN, recommended_max=RECOMMENDED_MAX, seed_max=SEED_MAX,
-        random_seed=RANDOM_SEED,
+        random_seed=RANDOM_SEED, scale_min=SCALE_MIN, scale_max=SCALE_MAX, max_loras=MAX_LORAS,
         presets=", ".join(f'"{name}" ({p.steps} steps{", the default" if name == DEFAULTS["preset"] else ""})'
                           for name, p in PRESETS.items()))
 

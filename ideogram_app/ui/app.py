@@ -49,7 +49,7 @@ def build_demo(slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, policy: Policy 
         ui = Components(demo, limits)
         gr.Markdown(f"# {TITLE}\nDraw boxes, describe them, generate. {LICENCE_NOTE}", elem_id="licence-note")
         with gr.Tab("Compose & generate"):
-            ComposeTab(slot, limits).build(ui)
+            ComposeTab(slot, limits, policy).build(ui)
         with gr.Tab("Model"):
             ModelTab(slot, limits, policy).build(ui)
         with gr.Tab("Train"):

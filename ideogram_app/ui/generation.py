@@ -1,6 +1,6 @@
 """Generation as the app runs it: the one request model (`GenerationSettings`) built from the controls
 or the API's arguments, its errors shown under the names the user sees, per-session Stop signals,
-and the pipeline run (under ZeroGPU on Spaces).
+and the pipeline run with the request's LoRAs (under ZeroGPU on Spaces).
 
 Every rule and default lives in `pipeline/settings.py` and `limits.py`; this module only translates
 between widgets and fields.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import threading
 from dataclasses import MISSING, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from PIL import Image
 
@@ -18,6 +18,7 @@ from ideogram_app.limits import Limits
 from ideogram_app.pipeline.sampling import PRESETS
 from ideogram_app.pipeline.settings import RANDOM_SEED, GenerationSettings, SettingsError
 
+from .loras import sync_loras
 from .wiring import check_text, is_out_of_memory
 from .zerogpu import on_gpu
 
@@ -106,8 +107,13 @@ class StopSignals:
 
 
 def _run_generation(pipe, request, on_step: Callable[[int, int], None] | None = None,
-                    stop_event: threading.Event | None = None) -> list[Image.Image]:
-    """Images for a request the pipeline has validated (`pipe.prepare`)."""
+                    stop_event: threading.Event | None = None,
+                    loras: Sequence[tuple[str, float]] = ()) -> list[Image.Image]:
+    """Images for a request the pipeline has validated (`pipe.prepare`), with exactly the LoRAs
+    `loras` on (`[(file name, scale), …]` from loras.checked_selection). The shared pipeline is set
+    to this request's LoRAs here, inside the GPU slot, because the slot is what keeps another
+    user's run from changing them before the image is made (loras.py)."""
+    sync_loras(pipe, loras)
     images = pipe.run(request, callback=on_step, stop_event=stop_event)
     return images if isinstance(images, list) else [images]
 
@@ -120,11 +126,12 @@ class GenerationFailed(RuntimeError):
 
 
 def generate_images(pipe, request, on_step: Callable[[int, int], None] | None = None,
-                    stop_event: threading.Event | None = None) -> list[Image.Image]:
+                    stop_event: threading.Event | None = None,
+                    loras: Sequence[tuple[str, float]] = ()) -> list[Image.Image]:
     """`run_generation`, and after running out of memory, the memory handed back before the error
     is reported, so the next request (smaller, or someone else's) can run."""
     try:
-        return run_generation(pipe, request, on_step=on_step, stop_event=stop_event)
+        return run_generation(pipe, request, on_step=on_step, stop_event=stop_event, loras=loras)
     except Exception as err:
         if not is_out_of_memory(err):
             raise

@@ -24,6 +24,7 @@ import re
 import shutil
 import threading
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -129,9 +130,13 @@ def add_lora_file(source_path: str | os.PathLike, name: str | None = None, *, pi
         except OSError:
             raise UnreadableLora(f"{name}: the file cannot be read on the server") from None
         try:
-            read_lora(temporary, model_targets(pipe))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                read_lora(temporary, model_targets(pipe))
         except (UnreadableLora, RejectedLora) as err:
             raise type(err)(str(err).replace(str(temporary), name)) from None
+        for warning in caught:  # keys that matched nothing: said, under the file's own name
+            warnings.warn(str(warning.message).replace(str(temporary), name), warning.category, stacklevel=2)
         os.replace(temporary, folder / name)
     finally:
         temporary.unlink(missing_ok=True)
@@ -221,15 +226,10 @@ def sync_loras(pipe: Any, wanted: Sequence[tuple[str, float]]) -> None:
         if row["scale"] != scale:
             pipe.set_lora_scale(row["name"], scale)
     for name, scale, _ in wanted[keep:]:
-        pipe.load_lora(folder / name, scale=scale, name=lora_name(name))
-
-
-def describe(loras: Any) -> str:
-    """The LoRAs of a result (its metadata's `settings["loras"]`) in a few words: "ink ×0.8, …"."""
-    if not isinstance(loras, list) or not loras:
-        return "no LoRA"
-    return ", ".join(f"{row.get('file', '?')} ×{row.get('scale', 1):g}" if isinstance(row, dict) else "?"
-                     for row in loras)
+        try:
+            pipe.load_lora(folder / name, scale=scale, name=lora_name(name))
+        except (UnreadableLora, RejectedLora) as err:  # a file put in the folder by hand, for another model
+            raise type(err)(str(err).replace(str(folder / name), name)) from None
 
 
 def restore_selection(loras: Any) -> tuple[list[tuple[str, float]], list[str]]:
@@ -270,8 +270,9 @@ def restore_selection(loras: Any) -> tuple[list[tuple[str, float]], list[str]]:
         found = None
         if isinstance(digest, str) and SHA256.fullmatch(digest):
             if not by_hash:
-                by_hash = {file_sha256(folder / name): name for name in names}
-            found = by_hash.get(digest)
+                for name in names:  # the first of several copies, unless one has the recorded name
+                    by_hash.setdefault(file_sha256(folder / name), name)
+            found = file if file in names and file_sha256(folder / file) == digest else by_hash.get(digest)
         if found is None and file in names:
             found = file
             if isinstance(digest, str):

@@ -12,7 +12,8 @@ Previews and exports are temporary: they go to a scratch folder in the system te
 from where Gradio copies what a handler returns into its cache (which the app's `delete_cache`
 empties); scratch files older than `SCRATCH_TTL_S` are deleted whenever a new one is made.
 
-A result record is `{"path", "prompt", "settings"}`: the PNG's own metadata plus where it lies.
+A result record is `{"path", "prompt", "settings"}`: the PNG's own metadata plus where it lies
+(`settings["loras"]` lists the LoRAs it was made with: file, sha256, scale, target).
 """
 from __future__ import annotations
 
@@ -126,7 +127,22 @@ def save_preview(image: Image.Image) -> str:
 
 def gallery_items(results: list[dict]) -> list[tuple[str, str]]:
     return [(r["path"], f"seed {r['settings'].get('seed')} · {r['settings'].get('preset')} · "
-                        f"{r['settings'].get('width')}×{r['settings'].get('height')}") for r in results]
+                        f"{r['settings'].get('width')}×{r['settings'].get('height')}"
+                        + (f" · {describe_loras(r['settings']['loras'])}" if r["settings"].get("loras") else ""))
+            for r in results]
+
+
+def describe_loras(loras: object) -> str:
+    """A result's LoRAs (its metadata's `settings["loras"]`, each with file and scale) in a few
+    words for a status line or caption: "ink.safetensors ×0.8, style.safetensors ×0.5"."""
+    if not isinstance(loras, list) or not loras:
+        return "no LoRA"
+    def one(row: object) -> str:
+        if not isinstance(row, dict):
+            return "?"
+        scale = row.get("scale")
+        return f"{row.get('file', '?')} ×" + (f"{scale:g}" if isinstance(scale, (int, float)) else "?")
+    return ", ".join(one(row) for row in loras)
 
 
 def result_details(result: dict) -> dict:

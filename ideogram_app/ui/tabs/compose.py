@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import warnings
 from pathlib import Path
 
 import gradio as gr
@@ -37,10 +38,13 @@ from ..canvas import LayoutCanvas
 from ..editor import MEDIUM_CHOICES, CanvasOpError, prompt_text
 from ..generation import (DEFAULTS, PRESET_BY_NAME, PRESET_LABELS, GenerationFailed, StopSignals, checked_size,
                           describe_problems, generate_images, settings_from_controls)
+from ..loras import (MAX_LORAS, PICKER, SCALE_MAX, SCALE_MIN, add_lora_file, checked_selection, picker_update,
+                     restore_selection, upload_file_name)
 from ..markup import escape
 from ..model_slot import ModelNotLoadedError, ModelSlot
-from ..results import (gallery_items, is_browser_id, list_results, new_browser_id, output_dir, overlay_for,
-                       owner_folder, result_details, results_dir, save_results, scratch_file)
+from ..policy import Policy
+from ..results import (describe_loras, gallery_items, is_browser_id, list_results, new_browser_id, output_dir,
+                       overlay_for, owner_folder, result_details, results_dir, save_results, scratch_file)
 from ..state import EditorState
 from ..uploads import CheckedImage, limit_pillow, read_text_upload, upload_name
 from ..views import ELEMENT_PALETTE_SLOTS, IMAGE_PALETTE_SLOTS
@@ -52,7 +56,7 @@ STYLE_FIELD_LABELS = {"photo": "photo (camera, lens, film, framing)", "art": "ar
 # about a field names the control (`size` and `sampler` are the settings' names for combined checks).
 SETTING_LABELS = {"preset": "Preset", "sampler": "Preset", "num_inference_steps": "Preset", "width": "Width",
                   "height": "Height", "size": "Width × Height", "seed": "Seed", "num_images": "Number of images",
-                  "input_image": "Input image", "denoising_strength": "Strength"}
+                  "input_image": "Input image", "denoising_strength": "Strength", PICKER: "LoRAs"}
 
 # Output names. Those of the inspector and the scene are the keys of views.inspector_values and
 # views.scene_values; "el_palette" and "palette" are the rows of colour pickers.
@@ -64,8 +68,14 @@ EDITOR_VIEW = ("state", "saved", "canvas", "issues_all", "issues_element", "issu
 SIZE_VIEW = ("state", "saved", "canvas", "width", "height", "size_note", "aspect")
 RESULT_VIEW = ("selected_result", "result_settings", "overlay")
 GENERATE_VIEW = ("results", "gallery", "seed", "gen_status", *RESULT_VIEW)
-OPEN_VIEW = (*EDITOR_VIEW, "preset", "seed", "randomize", "width", "height", "aspect")
-PAGE_LOAD_VIEW = (*EDITOR_VIEW, "width", "height", "aspect", "size_note", "browser_id", "results", "gallery")
+# The LoRA picker: the dropdown (PICKER), which LoRAs the scale sliders stand for ("lora_shown", a
+# State), and the sliders themselves ("lora_scales": a view over LORA_SCALES; its value is the
+# selection [(file name, scale), ...], slider i showing the i-th selected LoRA).
+LORA_SCALES = tuple(f"lora_scale_{i}" for i in range(MAX_LORAS))
+LORA_VIEW = (PICKER, "lora_shown", "lora_scales")
+OPEN_VIEW = (*EDITOR_VIEW, "preset", "seed", "randomize", "width", "height", "aspect", *LORA_VIEW)
+PAGE_LOAD_VIEW = (*EDITOR_VIEW, "width", "height", "aspect", "size_note", "browser_id", "results", "gallery", PICKER,
+                  "lora_upload")
 # Browser storage (localStorage). The keys and the secret are fixed so that a restarted server (a new
 # process) reads what the page stored; the secret is sent to every page anyway, it only keeps other
 # scripts on the same origin from reading the caption by accident.
@@ -99,9 +109,10 @@ def _named(handler, name: str):
 class ComposeTab:
     """Handlers bound to the process's model slot, the request limits and this tab's Stop signals."""
 
-    def __init__(self, slot: ModelSlot, limits: Limits = DEFAULT_LIMITS):
+    def __init__(self, slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, policy: Policy = Policy()):
         self.slot = slot
         self.limits = limits
+        self.policy = policy  # who may add files to the shared LoRA folder
         self.stops = StopSignals()
 
     # ---- layout and wiring -------------------------------------------------------------------
@@ -217,6 +228,7 @@ class ComposeTab:
                     ui.add("strength", gr.Slider(0.05, 1.0, value=IMG2IMG_STRENGTH, step=0.05,
                                                  label=SETTING_LABELS["denoising_strength"],
                                                  info="1.0 ignores the input image"))
+                self._layout_loras(ui)
                 with gr.Row():
                     ui.add("generate", gr.Button("Generate", variant="primary", elem_id="generate-btn"))
                     ui.add("stop", gr.Button("Stop", variant="stop", elem_id="stop-btn"))
@@ -234,6 +246,28 @@ class ComposeTab:
                     ui.add("overlay", gr.Image(label="Placement overlay (boxes over the result)", type="filepath",
                                                interactive=False, elem_id="overlay"))
                     ui.add("result_settings", gr.JSON(label="Caption and settings of the selected result"))
+
+    def _layout_loras(self, ui: Components) -> None:
+        """The LoRA picker: files of the server's LoRA folder, a scale slider per selected one, and
+        the upload (shown by the page-load event to operators only)."""
+        with gr.Accordion("LoRAs", open=True, elem_id="lora-panel"):
+            ui.add(PICKER, gr.Dropdown([], value=[], multiselect=True, max_choices=MAX_LORAS, label=SETTING_LABELS[PICKER],
+                                       elem_id="lora-pick", info=f"up to {MAX_LORAS}, from the server's LoRA folder"))
+            sliders = [ui.add(name, gr.Slider(SCALE_MIN, SCALE_MAX, value=1.0, step=0.05, label="scale",
+                                              visible=False, elem_id=f"lora-scale-{i}"))
+                       for i, name in enumerate(LORA_SCALES)]
+            ui.add("lora_shown", gr.State([]))
+            ui.add("lora_upload", gr.UploadButton("Add a LoRA file (.safetensors)", file_types=[".safetensors"],
+                                                  type="filepath", visible=False, elem_id="lora-upload"))
+            ui.add("lora_note", gr.Markdown(elem_id="lora-note"))
+
+        def render_scales(selection: list[tuple[str, float]], result: dict) -> dict:
+            return {slider: gr.update(visible=i < len(selection), label=f"{selection[i][0]} scale"
+                                      if i < len(selection) else "scale",
+                                      value=selection[i][1] if i < len(selection) else 1.0)
+                    for i, slider in enumerate(sliders)}
+
+        ui.add_view("lora_scales", sliders, render_scales)
 
     @staticmethod
     def _on(ui: Components, triggers, handler, inputs: list[str], **event) -> None:
@@ -286,8 +320,14 @@ class ComposeTab:
         on = functools.partial(self._on, ui)
         on(ui["generate"].click, self.on_generate,
            ["state", "browser_id", "preset", "width", "height", "seed", "randomize", "num_images", "input_image",
-            "strength"],
+            "strength", PICKER, *LORA_SCALES],
            api_visibility="private", concurrency_id=GPU, concurrency_limit=1, show_progress_on=[ui["gallery"]])
+        # `change`, not `input`: the sliders must follow a selection set by the app too (the Train
+        # tab's "Use in Generate"); the app's own full updates set "lora_shown" with it, so their
+        # echo finds nothing to do.
+        ui.on(ui[PICKER].change, self.on_lora_pick, [PICKER, "lora_shown", *LORA_SCALES], **GLUE)
+        ui.on(ui["lora_upload"].upload, self.on_lora_upload, ["lora_upload", PICKER], api_visibility="private",
+              concurrency_id="lora_upload", concurrency_limit=1)
         ui.on(ui["stop"].click, self.on_stop, api_visibility="private", concurrency_limit=None, show_progress="hidden")
         ui.on(ui["gallery"].select, self.on_result_select, ["results"], **GLUE)
         on(ui["open_result"].click, self.on_open_result, ["state", "results", "selected_result"], **GLUE)
@@ -338,6 +378,8 @@ class ComposeTab:
                    width=state.width, height=state.height, size_note=f"{state.width} × {state.height} px",
                    aspect=next((label for label, size in ASPECT_PRESETS.items() if size == (state.width, state.height)),
                                CUSTOM_SIZE))
+        out[PICKER] = picker_update([])
+        out["lora_upload"] = gr.update(visible=self.policy.is_operator(request))
         return out
 
     def _restored(self, saved) -> tuple[EditorState, str | None]:
@@ -541,15 +583,18 @@ class ComposeTab:
 
     @emits(*GENERATE_VIEW)
     def on_generate(self, state: EditorState, browser_id, preset: str, width, height, seed, randomize: bool,
-                    num_images, input_image: str | None, strength, request: gr.Request,
-                    progress=gr.Progress()) -> dict:
-        """Run the pipeline for this session's caption; the results are written to this user's folder
-        and the gallery lists that folder."""
+                    num_images, input_image: str | None, strength, lora_pick: list[str] | None = None,
+                    lora_scale_0=1.0, lora_scale_1=1.0, lora_scale_2=1.0, lora_scale_3=1.0,
+                    request: gr.Request = None, progress=gr.Progress()) -> dict:
+        """Run the pipeline for this session's caption with the picked LoRAs at their slider scales;
+        the results are written to this user's folder and the gallery lists that folder."""
         try:
             pipe = self.slot.require().pipe  # the most basic thing missing is said first
             settings = settings_from_controls(preset=preset, width=width, height=height, seed=seed,
                                               randomize=randomize, num_images=num_images, input_image=input_image,
                                               strength=strength, limits=self.limits)
+            loras = checked_selection(lora_pick, [lora_scale_0, lora_scale_1, lora_scale_2, lora_scale_3],
+                                      SETTING_LABELS[PICKER])
             folder = owner_folder(getattr(request, "username", None), browser_id)
             run = pipe.prepare(prompt_text(state), settings)  # caption, token count, input image
         except SettingsError as err:
@@ -568,7 +613,7 @@ class ComposeTab:
 
         progress(0, desc="encoding the prompt")
         try:
-            images = generate_images(pipe, run, on_step=on_step, stop_event=stop_event)
+            images = generate_images(pipe, run, on_step=on_step, stop_event=stop_event, loras=loras)
         except GenerationCancelled:
             return {"gen_status": f"Stopped after step {steps_done['n']}; nothing was saved.", "seed": settings.seed}
         except (ValueError, GenerationFailed) as err:
@@ -576,11 +621,13 @@ class ComposeTab:
         finally:
             self.stops.finish(session)
         directory = results_dir(folder)
-        save_results(images, directory)
+        saved = save_results(images, directory)
         results = list_results(directory)  # the newest, so what was just made is last
+        used = saved[0]["settings"].get("loras")  # what the pipeline recorded, not what was asked for
         return {"results": results, "gallery": gallery_items(results), "seed": settings.seed,
-                "gen_status": f"Done: {len(images)} image(s), seed {settings.seed}, {settings.width}×{settings.height}, "
-                              f"{settings.preset}.",
+                "gen_status": escape(f"Done: {len(images)} image(s), seed {settings.seed}, "
+                                     f"{settings.width}×{settings.height}, {settings.preset}, "
+                                     f"{'LoRAs ' + describe_loras(used) if used else 'no LoRA'}."),
                 **self._result_view(results, len(results) - 1)}
 
     @emits()
@@ -661,7 +708,56 @@ class ComposeTab:
             out["seed"] = seed
             out["randomize"] = False
         out.update({"width": new.width, "height": new.height, "aspect": CUSTOM_SIZE})
+        selection, lora_notes = restore_selection(settings.get("loras"))
+        out.update(self.lora_view(selection))
+        if lora_notes:
+            warn(f"{where}: LoRAs: " + "; ".join(lora_notes))
+            out["json_status"] += escape(" LoRAs: " + "; ".join(lora_notes) + ".")
         return out
+
+    @staticmethod
+    def lora_view(selection: list[tuple[str, float]]) -> dict:
+        """The picker, its sliders and what they stand for, all set to `selection` ([(file, scale)])."""
+        names = [name for name, _ in selection]
+        return {PICKER: picker_update(names), "lora_shown": names, "lora_scales": selection}
+
+    @emits("lora_shown", "lora_scales")
+    def on_lora_pick(self, selected: list[str] | None, shown: list[str] | None, *scales) -> dict:
+        """The selection changed (by the user, or set by the app): one slider per selected LoRA,
+        each keeping the scale it had while it was selected, 1.0 for a newly selected one."""
+        selected = [name for name in (selected or []) if isinstance(name, str)][:MAX_LORAS]
+        shown = list(shown or [])
+        if selected == shown:
+            return {}
+        kept = dict(zip(shown, scales))
+        return {"lora_shown": selected, "lora_scales": [(name, kept.get(name, 1.0)) for name in selected]}
+
+    @emits(PICKER, "lora_note")
+    def on_lora_upload(self, path: str | None, selected: list[str] | None, request: gr.Request = None) -> dict:
+        """An operator's .safetensors file, checked against the loaded model (or the released one),
+        added to the server's LoRA folder and selected. Visitors may only pick: the folder is shared
+        by everyone, so adding to it is an operator's job (policy.py), checked here, on the server."""
+        if not self.policy.is_operator(request):
+            raise gr.Error(f"Only an operator may add LoRA files here: {self.policy.reason(request)}")
+        if not path:
+            return {}
+        uploaded_as = upload_name(path)
+        loaded = self.slot.loaded
+        try:
+            self.limits.check_upload_bytes(uploaded_as, os.path.getsize(path))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                name = add_lora_file(path, upload_file_name(uploaded_as), pipe=loaded.pipe if loaded else None)
+        except OSError:
+            raise gr.Error(f"{uploaded_as} cannot be read on the server; upload it again") from None
+        except ValueError as err:  # limits, UnreadableLora, RejectedLora: they name the file, not the path
+            raise gr.Error(str(err).replace(str(path), uploaded_as), duration=None) from None
+        notes = [str(w.message).replace(str(path), uploaded_as) for w in caught]
+        for note in notes:
+            warn(note)
+        checked = "the loaded model" if loaded else "the released Ideogram 4 model"
+        return {PICKER: picker_update([*(selected or []), name]),
+                "lora_note": escape(f"Added {name} (checked against {checked})." + "".join(f" {n}" for n in notes))}
 
 
 def _picker_row(pickers: list, count_name: str):
