@@ -1,5 +1,6 @@
 """`python -m ideogram_app.caption verify FILE | format FILE | preview FILE --size WxH -o OUT.png`.
-Exit codes: 0 clean (warnings allowed), 1 the caption has errors, 2 the input cannot be read."""
+Exit codes: 0 clean (warnings allowed), 1 the caption has errors, 2 the input cannot be read.
+`expand "IDEA" --size WxH` and `describe IMAGE` ask a language model for a caption (docs/expand.md)."""
 from __future__ import annotations
 
 import argparse
@@ -69,6 +70,14 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_expand(args: argparse.Namespace) -> int:
+    """`expand` / `describe` live in ideogram_app.expand (language models, torch for the local one),
+    imported here only, so the caption core stays torch-free."""
+    from ideogram_app.expand.cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ideogram_app.caption", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     preview.add_argument("--size", type=_size, default=(1024, 1024), help="WIDTHxHEIGHT, default 1024x1024")
     preview.add_argument("-o", "--output", required=True, help="output .png")
     preview.set_defaults(run=_cmd_preview)
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--backend", choices=("openai", "local"), help="env IDEOGRAM_EXPAND_BACKEND, default openai")
+    model.add_argument("--url", help="OpenAI-compatible API root, e.g. http://localhost:11434/v1 (env IDEOGRAM_EXPAND_URL)")
+    model.add_argument("--model", help="model name, or the local model folder (env IDEOGRAM_EXPAND_MODEL)")
+    model.add_argument("--key", help="API key (safer in env IDEOGRAM_EXPAND_KEY)")
+    model.add_argument("--timeout", type=float, help="seconds per server attempt (default 120)")
+    expand = commands.add_parser("expand", parents=[model], help="plain-text idea -> caption with boxes")
+    expand.add_argument("text", help='the idea, or - for stdin; "quoted" strings become text elements')
+    expand.add_argument("--size", type=_size, default=(1024, 1024), help="WIDTHxHEIGHT, default 1024x1024")
+    expand.add_argument("--keep", help="caption file whose elements are kept unchanged")
+    expand.set_defaults(run=_cmd_expand)
+    describe = commands.add_parser("describe", parents=[model], help="image -> caption with boxes (vision model)")
+    describe.add_argument("image")
+    describe.set_defaults(run=_cmd_expand)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
