@@ -1,16 +1,19 @@
 """The public API of a really launched `python app.py --model <tiny repo>`, through gradio_client:
 all four endpoints, their bad inputs (clear errors, and the app keeps serving), and that the UI
 glue events are not part of the API."""
+import hashlib
 import json
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from ideogram_app.caption.templates import template_text
 from ideogram_app.pipeline.metadata import read_image_metadata
+from tests.lora.loras import fused_truth, write_comfyui
 from tests.ui.gradio_protocol import call_api
 
 PUBLIC = {"/generate", "/validate_caption", "/format_caption", "/render_layout"}
@@ -22,7 +25,7 @@ def test_only_the_four_endpoints_are_public(client):
     assert api["unnamed_endpoints"] == {}
     generate = api["named_endpoints"]["/generate"]
     assert [p["parameter_name"] for p in generate["parameters"]] == [
-        "caption", "width", "height", "preset", "seed", "num_images"]
+        "caption", "width", "height", "preset", "seed", "num_images", "loras"]
 
 
 def test_format_caption_returns_the_compact_canonical_form(client):
@@ -62,6 +65,34 @@ def test_generate_with_the_tiny_model(client):
     assert all(Image.open(f).size == (64, 64) for f in files)
     assert records[0]["prompt"] == template_text("logo").strip() == settings["prompt"]
     assert [s["seed"] for s in settings["images"]] == [11, 12]
+
+
+def test_generate_with_a_lora_from_the_folder(client, app_server):
+    """A LoRA file in the server's folder (next to its output folder): recorded in each PNG's metadata
+    (file, sha256 of the file, scale) and changing the image of the same seed; names outside the folder
+    are refused with the list of what is there."""
+    folder = app_server.output_dir.parent / "loras"
+    folder.mkdir(exist_ok=True)
+    lora = write_comfyui(folder / "api-ink.safetensors", fused_truth(seed=11))
+    caption = template_text("poster_headline")
+    [plain], _ = client.predict(caption, 80, 64, "turbo", 3, 1, api_name="/generate")
+    [styled], info = client.predict(caption, 80, 64, "turbo", 3, 1, ["api-ink.safetensors:0.8"], api_name="/generate")
+    expected = [{"name": "api-ink", "file": "api-ink.safetensors", "sha256": hashlib.sha256(lora.read_bytes()).hexdigest(),
+                 "scale": 0.8, "target": "transformer", "merged": False}]
+    assert read_image_metadata(styled)["settings"]["loras"] == expected == info["images"][0]["loras"]
+    assert "loras" not in read_image_metadata(plain)["settings"]
+    assert read_image_metadata(styled)["settings"]["seed"] == read_image_metadata(plain)["settings"]["seed"] == 3
+    difference = np.abs(np.asarray(Image.open(styled), dtype=int) - np.asarray(Image.open(plain), dtype=int))
+    assert difference.mean() > 1.0
+    # the next call without the LoRA is the plain image again: each request gets exactly its own LoRAs
+    [again], _ = client.predict(caption, 80, 64, "turbo", 3, 1, api_name="/generate")
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(plain)))
+    for loras, message in [(["../api-ink.safetensors"], r"'../api-ink.safetensors' is not in the server's LoRA "
+                                                         r"folder \(available: .*api-ink.safetensors"),
+                           (["api-ink.safetensors:5"], "scale 5 is outside -2 to 2"),
+                           (["api-ink.safetensors:x"], "the scale after ':' must be a number")]:
+        with pytest.raises(AppError, match=message):
+            client.predict(caption, 80, 64, "turbo", 3, 1, loras, api_name="/generate")
 
 
 @pytest.mark.parametrize("args, message", [
