@@ -146,12 +146,17 @@ def describe_loras(loras: object) -> str:
 
 
 def result_details(result: dict) -> dict:
-    """What the gallery shows next to a result: its prompt (as JSON when it is a caption) and settings."""
+    """What the gallery shows next to a result: its prompt (as JSON when it is a caption), its LoRAs
+    one line each (the JSON viewer folds the settings' nested LoRA records) and its settings."""
     try:
         prompt = json.loads(result["prompt"])
     except (json.JSONDecodeError, TypeError):
         prompt = result["prompt"]
-    return {"prompt": prompt, "settings": result["settings"]}
+    loras = result["settings"].get("loras")
+    if not loras:
+        return {"prompt": prompt, "settings": result["settings"]}
+    lines = [f"{describe_loras([row])}, sha256 {row.get('sha256')}" if isinstance(row, dict) else "?" for row in loras]
+    return {"prompt": prompt, "loras": lines, "settings": result["settings"]}
 
 
 def overlay_for(result: dict) -> str | None:

@@ -270,6 +270,7 @@ def test_generate_with_a_lora_records_it_and_open_in_editor_restores_it(folder, 
     assert [(r["file"], r["sha256"], r["scale"], r["target"]) for r in recorded] == \
         [("ink.safetensors", sha256(lora_files["ink"]), 0.7, "transformer")]
     assert out["result_settings"]["settings"]["loras"] == recorded
+    assert out["result_settings"]["loras"] == [f"ink.safetensors ×0.7, sha256 {sha256(lora_files['ink'])}"]
     assert "ink.safetensors ×0.7" in out["gallery"][-1][1]
     opened = tab.on_open_result(EditorState(), out["results"], len(out["results"]) - 1)
     assert opened["lora_pick"]["value"] == ["ink.safetensors"] and opened["lora_shown"] == ["ink.safetensors"]

@@ -245,12 +245,13 @@ class ComposeTab:
                 with gr.Row():
                     ui.add("overlay", gr.Image(label="Placement overlay (boxes over the result)", type="filepath",
                                                interactive=False, elem_id="overlay"))
-                    ui.add("result_settings", gr.JSON(label="Caption and settings of the selected result"))
+                    ui.add("result_settings", gr.JSON(label="Caption and settings of the selected result",
+                                                       elem_id="result-settings"))
 
     def _layout_loras(self, ui: Components) -> None:
         """The LoRA picker: files of the server's LoRA folder, a scale slider per selected one, and
         the upload (shown by the page-load event to operators only)."""
-        with gr.Accordion("LoRAs", open=True, elem_id="lora-panel"):
+        with gr.Accordion("LoRAs (optional)", open=True, elem_id="lora-panel"):
             ui.add(PICKER, gr.Dropdown([], value=[], multiselect=True, max_choices=MAX_LORAS, label=SETTING_LABELS[PICKER],
                                        elem_id="lora-pick", info=f"up to {MAX_LORAS}, from the server's LoRA folder"))
             sliders = [ui.add(name, gr.Slider(SCALE_MIN, SCALE_MAX, value=1.0, step=0.05, label="scale",
