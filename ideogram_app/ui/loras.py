@@ -155,6 +155,8 @@ def checked_scale(value: Any, where: str) -> float:
 def checked_selection(names: Sequence[str] | None, scales: Sequence[Any], where: str = "LoRAs") -> list[tuple[str, float]]:
     """The LoRAs a request asks for, as `[(file name, scale), …]`: at most MAX_LORAS distinct files
     that are in the folder now, each with a valid scale. ValueError naming the problem."""
+    if names is not None and not isinstance(names, (list, tuple)):
+        raise ValueError(f"{where}: expected a list of file names, got {type(names).__name__}")
     names = list(names or [])
     if len(names) > MAX_LORAS:
         raise ValueError(f"{where}: {len(names)} LoRAs asked for; at most {MAX_LORAS} per generation")

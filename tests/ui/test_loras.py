@@ -119,6 +119,7 @@ def test_selections_are_checked(folder, lora_files, pipe):
         (["ink.safetensors"], [True], "must be a number"),
         (["ink.safetensors"], [], "1 LoRAs but 0 scales"),
         (["ink.safetensors"] * (MAX_LORAS + 1), [1] * (MAX_LORAS + 1), f"at most {MAX_LORAS}"),
+        ("ink.safetensors", [1], "expected a list of file names, got str"),
     ]:
         with pytest.raises(ValueError, match=message):
             checked_selection(names, scales)

@@ -14,6 +14,9 @@ the session's `state` is refused with `SESSION_LOST` when it receives the placeh
 state.py) instead of editing or generating from an empty caption. Every input is bounded before
 work: text lengths in the wiring, the whole caption after each edit, sizes by the request model,
 uploads by uploads.py.
+
+The Generate panel's LoRA picker lists the server's LoRA folder; each run hands its selection to the
+GPU slot, where loras.py sets the shared pipeline to exactly it (see docs/app.md, "LoRAs in Generate").
 """
 from __future__ import annotations
 
