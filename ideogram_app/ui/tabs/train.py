@@ -216,15 +216,15 @@ class TrainTab:
         ui.on(ui["tr_preset"].input, self.on_preset, ["tr_preset"], **GLUE)
         run_inputs = ["tr_dataset", "tr_run_name", "tr_model", *(name for name, _, _ in MAIN), "tr_fp8", "tr_trigger",
                       "tr_trigger_field", "tr_val_prompts", *(_advanced_name(s.name) for s in ADVANCED)]
-        ui.on(ui["tr_start"].click, self.on_start, run_inputs, **private, concurrency_id="train-files",
+        ui.on(ui["tr_start"].click, self.on_start_run, run_inputs, **private, concurrency_id="train-files",
               concurrency_limit=1)
-        ui.on(ui["tr_stop"].click, self.on_stop, ["tr_runs"], **private)
-        ui.on(ui["tr_resume"].click, self.on_resume, ["tr_runs"], **private, concurrency_id="train-files",
+        ui.on(ui["tr_stop"].click, self.on_stop_run, ["tr_runs"], **private)
+        ui.on(ui["tr_resume"].click, self.on_resume_run, ["tr_runs"], **private, concurrency_id="train-files",
               concurrency_limit=1)
-        ui.on(ui["tr_delete"].click, self.on_delete, ["tr_runs"], **private, concurrency_id="train-files",
+        ui.on(ui["tr_delete"].click, self.on_delete_run, ["tr_runs"], **private, concurrency_id="train-files",
               concurrency_limit=1)
         ui.on(ui["tr_runs"].input, self.on_run_select, ["tr_runs"], **private)
-        ui.on(ui["tr_timer"].tick, self.on_tick, ["tr_runs", "tr_cursor"], api_visibility="private",
+        ui.on(ui["tr_timer"].tick, self.on_watch_tick, ["tr_runs", "tr_cursor"], api_visibility="private",
               show_progress="hidden", concurrency_id="train-watch", concurrency_limit=8)
         if self.generate_picker:
             ui.on(ui["tr_use"].click, self.on_use_in_generate, ["tr_runs", "lora_pick"], **private)
@@ -483,7 +483,7 @@ class TrainTab:
         return out
 
     @emits(*WATCH_VIEW)
-    def on_start(self, request: gr.Request, *controls: Any) -> dict:
+    def on_start_run(self, request: gr.Request, *controls: Any) -> dict:
         """`controls`: the dataset, run name and model, the MAIN controls, fp8, trigger, trigger
         field, validation prompts, then one value per ADVANCED setting (the request comes first
         because Gradio passes it by position, before a variable argument list)."""
@@ -513,7 +513,7 @@ class TrainTab:
             raise gr.Error(str(err)) from None
 
     @emits(*WATCH_VIEW)
-    def on_stop(self, name: str | None, request: gr.Request) -> dict:
+    def on_stop_run(self, name: str | None, request: gr.Request) -> dict:
         owner = self._owner(request)
         folder = self._run(owner, name)
         try:
@@ -524,7 +524,7 @@ class TrainTab:
         return {"tr_progress": f"Stopping **{escape(folder.name)}** after the current step…"}
 
     @emits(*WATCH_VIEW)
-    def on_resume(self, name: str | None, request: gr.Request) -> dict:
+    def on_resume_run(self, name: str | None, request: gr.Request) -> dict:
         owner = self._owner(request)
         folder = self._run(owner, name)
         try:
@@ -536,7 +536,7 @@ class TrainTab:
         return {**self._runs_list(owner, folder.name), **self.watch_view(owner, folder, None)}
 
     @emits(*WATCH_VIEW)
-    def on_delete(self, name: str | None, request: gr.Request) -> dict:
+    def on_delete_run(self, name: str | None, request: gr.Request) -> dict:
         owner = self._owner(request)
         folder = self._run(owner, name)
         try:
@@ -556,7 +556,7 @@ class TrainTab:
         return self.watch_view(owner, self._run(owner, name), None)
 
     @emits(*WATCH_VIEW)
-    def on_tick(self, name: str | None, cursor: dict | None, request: gr.Request) -> dict:
+    def on_watch_tick(self, name: str | None, cursor: dict | None, request: gr.Request) -> dict:
         """The timer's poll: new metrics only; when the run has ended, the list is refreshed once
         and the timer stops."""
         if not name or not self.policy.is_operator(request):
