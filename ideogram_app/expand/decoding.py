@@ -9,11 +9,13 @@ from bisect import bisect_left
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from .grammar import SINGLE_CHARS, Grammar, is_plain
+from .grammar import PLAIN_RUN, SINGLE_CHARS, Grammar
 
 _FORCED, _WALK, _STRING = range(3)
 _CACHE_LIMIT = 20_000  # states whose allowed tokens are remembered (strings make most states unique)
 _FORCED_LOOKAHEAD = 256
+# Escape tokens usable inside a string: the text ends on the backslash, or holds one \n or \".
+_ENDS_IN_ESCAPE, _NEWLINE, _QUOTE = range(3)
 
 
 class TokenTable:
@@ -23,6 +25,12 @@ class TokenTable:
     alone drops the leading space of SentencePiece pieces, while byte-level BPE keeps it, and this
     is right for both. Special and added tokens, and tokens that hold only part of a UTF-8 character
     (they decode to U+FFFD), are never allowed, so the output is whole characters only.
+
+    Inside a string, tokens fall in three classes handled with tensor operations: plain runs;
+    "closers" (a plain run, a quote, then anything: grouped by what follows the quote, which is
+    walked once per string); and simple escapes (a plain run with one `\\n` or `\\"`, or ending on the
+    backslash). Tokens with more than one escape or `\\\\` are not used inside strings; the grammar
+    could take some of them, but never needs to.
     """
 
     def __init__(self, tokenizer, vocab_size: int):
@@ -41,20 +49,45 @@ class TokenTable:
                 self.ids.setdefault(text, []).append(token_id)
         self.max_len = max((len(text) for text in self.ids), default=0)
         self.sorted_all = sorted(self.ids)
-        self.plain = {text for text in self.ids if all(map(is_plain, text))}
-        self.sorted_special = sorted(set(self.ids) - self.plain)  # every token holding a quote, backslash, ...
-        self.plain_len = torch.zeros(vocab_size, dtype=torch.long)  # 0: not a run of plain characters
-        self.plain_nonspace = torch.zeros(vocab_size, dtype=torch.bool)
-        for text in self.plain:
-            for token_id in self.ids[text]:
-                self.plain_len[token_id] = len(text)
-                self.plain_nonspace[token_id] = not text.isspace()
+        self.plain = {text for text in self.ids if PLAIN_RUN.fullmatch(text)}
+        self._index_string_tokens()
         missing = [ch for ch in SINGLE_CHARS if ch not in self.ids]
         if missing:
             raise ValueError(f"the tokenizer has no token for {' '.join(map(repr, missing))} on its own; constrained "
                              "decoding spells these one token at a time to be sure every caption can be finished")
         if not any(len(text) == 1 and not text.isspace() for text in self.plain):
             raise ValueError("the tokenizer has no single-character token for a visible character")
+
+    def _index_string_tokens(self) -> None:
+        size = self.vocab_size
+        self.plain_len = torch.zeros(size, dtype=torch.long)  # 0: not a run of plain characters
+        self.plain_nonspace = torch.zeros(size, dtype=torch.bool)
+        closers: list[tuple[int, int, bool, str]] = []
+        escapes: list[tuple[int, int, bool, int]] = []
+        for text, ids in self.ids.items():
+            head = PLAIN_RUN.match(text).end()
+            rest, head_nonspace = text[head:], bool(text[:head].strip())
+            for token_id in ids:
+                if not rest:
+                    self.plain_len[token_id] = len(text)
+                    self.plain_nonspace[token_id] = head_nonspace
+                elif rest[0] == '"':
+                    closers.append((token_id, head, head_nonspace, rest[1:]))
+                elif rest == "\\":
+                    escapes.append((token_id, len(text), head_nonspace, _ENDS_IN_ESCAPE))
+                elif rest[0] == "\\" and rest[1:2] in ('n', '"') and PLAIN_RUN.fullmatch(rest[2:]):
+                    nonspace = head_nonspace or bool(rest[2:].strip()) or rest[1] == '"'
+                    escapes.append((token_id, len(text), nonspace, _NEWLINE if rest[1] == "n" else _QUOTE))
+        self.closer_tails = sorted({tail for *_, tail in closers})
+        tail_index = {tail: i for i, tail in enumerate(self.closer_tails)}
+        self.closer_ids = torch.tensor([c[0] for c in closers], dtype=torch.long)
+        self.closer_len = torch.tensor([c[1] for c in closers], dtype=torch.long)
+        self.closer_nonspace = torch.tensor([c[2] for c in closers], dtype=torch.bool)
+        self.closer_group = torch.tensor([tail_index[c[3]] for c in closers], dtype=torch.long)
+        self.escape_ids = torch.tensor([e[0] for e in escapes], dtype=torch.long)
+        self.escape_len = torch.tensor([e[1] for e in escapes], dtype=torch.long)
+        self.escape_nonspace = torch.tensor([e[2] for e in escapes], dtype=torch.bool)
+        self.escape_kind = torch.tensor([e[3] for e in escapes], dtype=torch.long)
 
     def suffix_costs(self, text: str) -> tuple[int, ...]:
         """For each i, the fewest tokens whose texts concatenate to `text[i:]`."""
@@ -88,7 +121,9 @@ class CaptionConstraint(LogitsProcessor):
         self.tokens: list[list[int]] = [[] for _ in range(batch_size)]
         self.eos_token_id = eos_token_id
         self._seen = prompt_length
+        self._structural = sorted(grammar.structural_chars())
         self._cache: dict[tuple, tuple] = {}
+        self._closer_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._min_left: dict[tuple, int] = {}
         self.finished = _Finished(self)
 
@@ -136,6 +171,8 @@ class CaptionConstraint(LogitsProcessor):
         return value
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[1] != self.table.vocab_size:
+            raise ValueError(f"the model scores {scores.shape[1]} tokens, the token table has {self.table.vocab_size}")
         self.catch_up(input_ids)
         left = self.max_new_tokens - (input_ids.shape[1] - self.prompt_length)
         mask = torch.full_like(scores, float("-inf"))
@@ -146,50 +183,84 @@ class CaptionConstraint(LogitsProcessor):
                 else:
                     mask[row, self.eos_token_id] = 0
                 continue
-            allowed = self._allowed(state, left)
-            mask[row, allowed.to(scores.device)] = 0
+            mask[row, self.allowed(state, left).to(scores.device)] = 0
         return scores + mask
 
-    def _allowed(self, state: tuple, left: int) -> torch.Tensor:
+    def allowed(self, state: tuple, left: int) -> torch.Tensor:
         """Ids of the tokens that continue `state` and still leave a way to finish in `left - 1`."""
         entry = self._cache.get(state)
         if entry is None:
             if len(self._cache) > _CACHE_LIMIT:
                 self._cache.clear()
+                self._closer_cache.clear()
             entry = self._cache[state] = self._compute(state)
         if entry[0] == _FORCED:
             for token_id, cost in entry[1]:
                 if cost <= left - 1:
                     return torch.tensor([token_id])
             raise RuntimeError("no forced token fits the budget; the grammar's cost is inconsistent")
-        ids, costs = entry[1], entry[2]
-        allowed = ids[costs <= left - 1]
-        if entry[0] == _STRING:
-            _, _, _, count, nonspace, max_chars, above = entry
-            # a token with no visible character still leaves one to write before the closing quote
-            need = torch.zeros_like(self.table.plain_len) if nonspace else (~self.table.plain_nonspace).long()
-            fits = ((self.table.plain_len > 0) & (count + self.table.plain_len + need <= max_chars)
-                    & (above + 1 + need <= left - 1))
-            allowed = torch.cat([allowed, fits.nonzero().squeeze(1)])
+        if entry[0] == _WALK:
+            allowed = entry[1][entry[2] <= left - 1]
+        else:
+            allowed = self._in_string(*entry[1:], left)
         if allowed.numel() == 0:
             raise RuntimeError("no token can continue the caption within the budget; the grammar's cost is inconsistent")
         return allowed
+
+    def _in_string(self, count: int, nonspace: bool, max_chars: int, multiline: bool, above: int,
+                   closers: tuple[torch.Tensor, torch.Tensor], left: int) -> torch.Tensor:
+        """The allowed tokens inside a string, from the string's count and the cost `above` it."""
+        t = self.table
+        budget = left - 1
+        # a token with no visible character still leaves one to write before the closing quote
+        need = torch.zeros_like(t.plain_len) if nonspace else (~t.plain_nonspace).long()
+        plain = (t.plain_len > 0) & (count + t.plain_len + need <= max_chars) & (above + 1 + need <= budget)
+        valid, cost = closers
+        group = t.closer_group
+        close = (valid[group] & (t.closer_nonspace | nonspace) & (count + t.closer_len <= max_chars)
+                 & (cost[group] <= budget))
+        need = (~(t.escape_nonspace | nonspace)).long()
+        kind = t.escape_kind
+        escape = (((kind == _ENDS_IN_ESCAPE) & (count + t.escape_len + 1 <= max_chars) & (above + 2 <= budget))
+                  | ((kind == _NEWLINE) & multiline & (count + t.escape_len + need <= max_chars)
+                     & (above + 1 + need <= budget))
+                  | ((kind == _QUOTE) & (count + t.escape_len <= max_chars) & (above + 1 <= budget)))
+        return torch.cat([plain.nonzero().squeeze(1), t.closer_ids[close], t.escape_ids[escape]])
 
     def _compute(self, state: tuple) -> tuple:
         forced = self._forced_tokens(state)
         if forced:
             return (_FORCED, forced)
         inside = self.grammar.open_string(state)
-        texts = self.table.sorted_special if inside else self.table.sorted_all
-        found = self._walk(state, texts)
-        ids = self.table.id_tensor([text for text, _ in found])
-        costs = torch.tensor([self._left(after) for text, after in found for _ in self.table.ids[text]],
-                             dtype=torch.long)
-        if not inside:
+        if inside is None:
+            found = self._walk(state, self.table.sorted_all)
+            ids = self.table.id_tensor([text for text, _ in found])
+            costs = torch.tensor([self._left(after) for text, after in found for _ in self.table.ids[text]],
+                                 dtype=torch.long)
             return (_WALK, ids, costs)
-        node, (count, nonspace, _) = inside
-        above = self._left(state) - node.rest(inside[1], state[1])
-        return (_STRING, ids, costs, count, nonspace, node.max_chars, above)
+        node, data = inside
+        stack, used = state
+        closed = self.grammar.step((stack[:-1] + ((node, (0, True, False)),), used), '"')
+        above = self._left(state) - node.rest(data, used)
+        return (_STRING, data[0], data[1], node.max_chars, node.multiline, above, self._closers(closed))
+
+    def _closers(self, closed: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each text that can follow a string's closing quote inside one token: whether the
+        grammar takes it after the string, and the cost left then. The same for every position in
+        the string, so it is walked once per string."""
+        entry = self._closer_cache.get(closed)
+        if entry is None:
+            tails = self.table.closer_tails
+            valid = torch.zeros(len(tails), dtype=torch.bool)
+            cost = torch.zeros(len(tails), dtype=torch.long)
+            found = self._walk(closed, tails) + [("", closed)]  # "" is a token that ends on the quote
+            index = {tail: i for i, tail in enumerate(tails)}
+            for tail, after in found:
+                if tail in index:
+                    valid[index[tail]] = True
+                    cost[index[tail]] = self._left(after)
+            entry = self._closer_cache[closed] = (valid, cost)
+        return entry
 
     def _forced_tokens(self, state: tuple) -> list[tuple[int, int]]:
         """Where the grammar allows one character only, the text is fixed: offer the tokens that are
@@ -210,19 +281,33 @@ class CaptionConstraint(LogitsProcessor):
     def _walk(self, state: tuple, texts: list[str]) -> list[tuple[str, tuple]]:
         """(text, state after it) for every text of the sorted list `texts` the grammar accepts from
         `state`. Walks the sorted list as a trie: texts sharing a prefix are contiguous, so a prefix
-        the grammar refuses skips its whole block with one bisection."""
+        the grammar refuses skips its whole block with one bisection. Outside an open string only the
+        grammar's structural characters can come next, so a wide block is entered at those only."""
         found: list[tuple[str, tuple]] = []
+        structural = self._structural
         stack = [(0, 0, len(texts), state)]
         while stack:
             depth, low, high, current = stack.pop()
             i = low
+            while depth == 0 and i < high and not texts[i]:  # an empty text spells nothing
+                i += 1
             if depth and len(texts[i]) == depth:
                 found.append((texts[i], current))
                 i += 1
+            if i >= high:
+                continue
+            prefix = texts[i][:depth]
+            if high - i > 2 * len(structural) and self.grammar.open_string(current) is None:
+                for ch in structural:
+                    start = bisect_left(texts, prefix + ch, i, high)
+                    end = bisect_left(texts, prefix + chr(ord(ch) + 1), start, high)
+                    if start < end and (after := self.grammar.step(current, ch)) is not None:
+                        stack.append((depth + 1, start, end, after))
+                continue
             while i < high:
                 text = texts[i]
                 ch = text[depth]
-                end = high if ord(ch) == 0x10FFFF else bisect_left(texts, text[:depth] + chr(ord(ch) + 1), i, high)
+                end = high if ord(ch) == 0x10FFFF else bisect_left(texts, prefix + chr(ord(ch) + 1), i, high)
                 after = self.grammar.step(current, ch)
                 if after is not None:
                     stack.append((depth + 1, i, end, after))

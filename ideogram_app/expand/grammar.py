@@ -18,6 +18,7 @@ decoder that only allows tokens leaving `min_left <= tokens left - 1` can always
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from ideogram_app.caption.rules import BBOX_GRID, ELEMENT_PALETTE_MAX, STYLE_PALETTE_MAX
@@ -30,6 +31,10 @@ DIGITS = "0123456789"
 HEX = "0123456789ABCDEF"
 # Characters the completion strategy spells one per token; a tokenizer must have each as a token.
 SINGLE_CHARS = '"#[],' + HEX
+
+
+# A run of characters `is_plain` accepts (the same set, for whole token texts at once).
+PLAIN_RUN = re.compile(r'[^"\\\x00-\x1f\x7f-\x9f\ufffd\ud800-\udfff]*')
 
 
 def is_plain(ch: str) -> bool:
@@ -412,6 +417,11 @@ class Grammar:
 
     def literal_texts(self) -> set[str]:
         return {node.text for node in self.nodes() if isinstance(node, Lit)}
+
+    def structural_chars(self) -> frozenset[str]:
+        """Every character that can come next in a state that is not inside an open string: fixed
+        text, digits, hex, the quote that opens a string and the characters that end an escape."""
+        return frozenset("".join(self.literal_texts())) | frozenset(SINGLE_CHARS + DIGITS + "n")
 
     @staticmethod
     def step(state: tuple, ch: str) -> tuple | None:

@@ -228,8 +228,8 @@ def _drop_duplicates(elements: list, repairs: list[Repair]) -> None:
 def _restore_kept(elements: list, kept: list[dict], repairs: list[Repair]) -> None:
     """Each kept element ends up in `elements` exactly as the user had it: an answer's version of it
     (same type and text for text, same type and box for objects) is replaced in place, a missing one
-    is inserted where the user had it."""
-    for position, element in enumerate(kept):
+    is appended."""
+    for element in kept:
         if element in elements:
             continue
         match = next((i for i, candidate in enumerate(elements)
@@ -240,10 +240,9 @@ def _restore_kept(elements: list, kept: list[dict], repairs: list[Repair]) -> No
             repairs.append(Repair("kept_restored", f"{ELEMENTS}[{match}]", "the answer changed an element you kept; "
                                   "your version was put back"))
         else:
-            at = min(position, len(elements))
-            elements.insert(at, copy.deepcopy(element))
-            repairs.append(Repair("kept_added", f"{ELEMENTS}[{at}]", "the answer left out an element you kept; it was "
-                                  "added back unchanged"))
+            elements.append(copy.deepcopy(element))
+            repairs.append(Repair("kept_added", f"{ELEMENTS}[{len(elements) - 1}]", "the answer left out an element "
+                                  "you kept; it was added back unchanged"))
 
 
 def _same_element(candidate: dict, element: dict) -> bool:

@@ -1,8 +1,9 @@
 """The JSON schema sent with `response_format: json_schema` to an OpenAI-compatible server.
 
 It describes the same captions as the local grammar (every part present, a bbox on every element)
-in the subset that structured-output servers accept in strict mode: every property required, no
-`oneOf`/`not`/`uniqueItems`, alternatives as `anyOf` of closed objects. Servers generate keys in
+in the subset that structured-output servers accept in strict mode: every property required (an
+absent palette is `null`), no `oneOf`/`not`/`uniqueItems`, alternatives as `anyOf` of closed
+objects. Servers generate keys in
 the order of `properties`, so those follow the trained order from `rules.py`. What the subset cannot
 say (min < max in a box, non-blank strings) the verifier checks afterwards, as for any answer.
 """
@@ -24,8 +25,8 @@ def generation_schema(bounds: CaptionBounds) -> dict:
     text = {"type": "string"}
     color = {"type": "string", "pattern": "^#[0-9A-F]{6}$"}
 
-    def palette(limit: int) -> dict:
-        return {"type": "array", "items": color, "maxItems": limit}
+    def palette(limit: int) -> dict:  # null when absent: strict mode requires every key (the repair drops nulls)
+        return {"type": ["array", "null"], "items": color, "maxItems": limit}
 
     bbox = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": BBOX_GRID}, "minItems": 4,
             "maxItems": 4, "description": "[y_min, x_min, y_max, x_max] on a 0-1000 grid, y first"}
