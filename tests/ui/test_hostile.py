@@ -24,31 +24,38 @@ MAX_GROWTH_MB = 200
 
 # (endpoint, raw JSON body, part of the expected message)
 API_CALLS = [
-    ("generate", f'{{"data": [{LOGO}, 100000, 100000, "turbo", 1, 1]}}',
+    ("generate", f'{{"data": [{LOGO}, 100000, 100000, "turbo", 1, 1, null]}}',
      "width 100000 is outside the allowed 64-2048 pixels; height 100000 is outside"),
-    ("generate", f'{{"data": [{LOGO}, NaN, 64, "turbo", 1, 1]}}', "width must be a whole number, got nan"),
-    ("generate", f'{{"data": [{LOGO}, 64, Infinity, "turbo", 1, 1]}}', "height must be a whole number, got inf"),
+    ("generate", f'{{"data": [{LOGO}, NaN, 64, "turbo", 1, 1, null]}}', "width must be a whole number, got nan"),
+    ("generate", f'{{"data": [{LOGO}, 64, Infinity, "turbo", 1, 1, null]}}', "height must be a whole number, got inf"),
     ("render_layout", f'{{"data": [{LOGO}, 100000, 100000]}}', "width 100000 is outside the allowed 64-2048"),
     ("render_layout", f'{{"data": [{LOGO}, 64, NaN]}}', "height must be a whole number, got nan"),
-    ("generate", f'{{"data": [{FIVE_MB}, 64, 64, "turbo", 1, 1]}}', "the caption is 5,000,000 characters long"),
+    ("generate", f'{{"data": [{FIVE_MB}, 64, 64, "turbo", 1, 1, null]}}', "the caption is 5,000,000 characters long"),
     ("render_layout", f'{{"data": [{FIVE_MB}, 64, 64]}}', "at most 100,000 are accepted"),
     ("validate_caption", f'{{"data": [{FIVE_MB}]}}', "the caption is 5,000,000 characters long"),
     ("format_caption", f'{{"data": [{FIVE_MB}]}}', "the caption is 5,000,000 characters long"),
-    ("generate", '{"data": [5, 64, 64, "turbo", 1, 1]}', "caption must be a string (JSON text or a plain-text "
+    ("generate", '{"data": [5, 64, 64, "turbo", 1, 1, null]}', "caption must be a string (JSON text or a plain-text "
                                                          "prompt), got a number"),
-    ("generate", '{"data": [{"a": 1}, 64, 64, "turbo", 1, 1]}', "caption must be a string"),
+    ("generate", '{"data": [{"a": 1}, 64, 64, "turbo", 1, 1, null]}', "caption must be a string"),
     ("format_caption", '{"data": [null]}', "caption must be a string (JSON text or a plain-text prompt), got null"),
     ("validate_caption", '{"data": [[1, 2]]}', "caption must be a string of JSON text, got a list"),
-    ("generate", f'{{"data": [{LOGO}, "abc", 64, "turbo", 1, 1]}}', "width must be a whole number, got 'abc'"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, ["turbo"], 1, 1]}}', "preset ['turbo'] is unknown"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", "abc", 1]}}', "seed must be a whole number, got 'abc'"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", -5, 1]}}', "seed -5 is outside 0..4294967295"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1099511627776, 1]}}', "seed 1099511627776 is outside"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 9]}}', "num_images is 9; choose 1 to 8"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 0]}}', "num_images is 0; choose 1 to 8"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, true]}}', "num_images must be a whole number, got True"),
-    ("generate", '{"data": ["a cat \\ud800", 64, 64, "turbo", 1, 1]}', "lone UTF-16 surrogate (U+D800)"),
-    ("generate", f'{{"data": [{LOGO}]}}', "didn't receive enough input values (needed: 6, got: 1)"),
+    ("generate", f'{{"data": [{LOGO}, "abc", 64, "turbo", 1, 1, null]}}', "width must be a whole number, got 'abc'"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, ["turbo"], 1, 1, null]}}', "preset ['turbo'] is unknown"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", "abc", 1, null]}}', "seed must be a whole number, got 'abc'"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", -5, 1, null]}}', "seed -5 is outside 0..4294967295"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1099511627776, 1, null]}}', "seed 1099511627776 is outside"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 9, null]}}', "num_images is 9; choose 1 to 8"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 0, null]}}', "num_images is 0; choose 1 to 8"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, true, null]}}', "num_images must be a whole number, got True"),
+    ("generate", '{"data": ["a cat \\ud800", 64, 64, "turbo", 1, 1, null]}', "lone UTF-16 surrogate (U+D800)"),
+    ("generate", f'{{"data": [{LOGO}]}}', "didn't receive enough input values (needed: 7, got: 1)"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, ["../../../etc/passwd"]]}}',
+     "loras: '../../../etc/passwd' is not in the server's LoRA folder"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, "ink.safetensors"]}}',
+     'loras must be a list of "name:scale" strings, got str'),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, [{{"a": 1}}]]}}', "loras: each entry must be"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, {json.dumps(["x"] * 10_000)}]}}',
+     "loras: 10000 LoRAs asked for; at most 4 per generation"),
 ]
 
 # (private event, raw input values, event data, part of the expected, escaped, message)
@@ -57,11 +64,11 @@ UI_EVENTS = [
     ("on_json_input", [None, '{"compositional_deconstruction": {"background": "<b>x</b>", "elements": [], "<b>": 1}'],
      None, None),  # accepted: the caption's text is shown escaped (see test_browser.py)
     ("on_element_desc", [None, "d\ud800"], None, "lone UTF-16 surrogate"),
-    ("on_generate", [None, None, "Turbo · 12 steps", 100000, 100000, 1, False, 1, None, 1.0], None,
+    ("on_generate", [None, None, "Turbo · 12 steps", 100000, 100000, 1, False, 1, None, 1.0, [], 1, 1, 1, 1], None,
      "Width × Height: width 100000 is outside the allowed 64-2048 pixels"),
-    ("on_generate", [None, None, "Turbo · 12 steps", 64, 64, -5, False, 1, None, 1.0], None,
+    ("on_generate", [None, None, "Turbo · 12 steps", 64, 64, -5, False, 1, None, 1.0, [], 1, 1, 1, 1], None,
      "Seed: seed -5 is outside"),
-    ("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 50, None, 1.0], None,
+    ("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 50, None, 1.0, [], 1, 1, 1, 1], None,
      "Value 50 is greater than maximum value 8"),  # Gradio's slider checks its own range first
     # Gradio's own check of a number field (it quotes the value back to the one client that sent it)
     ("on_custom_width", [None, "abc"], None, "Could not preprocess input component"),
@@ -95,7 +102,7 @@ def test_hostile_api_calls_are_answered_at_once_with_their_message(app_server):
 
 def test_hostile_ui_events_by_index_are_answered_with_escaped_messages(app_server):
     page = PageSession(app_server.url)
-    lost = page.event("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 1, None, 1.0])
+    lost = page.event("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 1, None, 1.0, [], 1, 1, 1, 1])
     assert lost.kind == "error" and escape("session is not on the server any more") in lost.message
     assert page.event("on_page_load", [None, None]).kind == "complete"
     before_files, before_mb = output_files(app_server), app_server.rss_mb()
@@ -135,7 +142,7 @@ def test_uploads_are_bounded_in_bytes_and_decoded_pixels(app_server):
     assert reply.kind == "error" and reply.seconds < MAX_SECONDS
     assert escape("(bombimg src=x.png) is 8000x6000 (48 MP); images up to 40 MP are accepted") in reply.message
     huge = page.upload("huge.png", png_bytes(15000, 13000))  # beyond Pillow's bound too
-    reply = page.event("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 1, huge, 0.5])
+    reply = page.event("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 1, huge, 0.5, [], 1, 1, 1, 1])
     assert reply.kind == "error" and escape("images up to 40 MP are accepted") in reply.message
     junk = page.upload("notes.png", b"not a picture")
     reply = page.event("on_canvas_background", [None, junk, 0.5])
@@ -149,7 +156,7 @@ def test_load_20_clients_3_jobs_each_no_job_is_lost(app_server):
     """20 clients submit 3 jobs each at once (60 on a queue of 32): every job ends with images that open,
     or with a refusal that says the queue is full; none ends without an answer."""
     caption = template_text("logo")
-    body = json.dumps({"data": [caption, 64, 64, "turbo", -1, 1]})
+    body = json.dumps({"data": [caption, 64, 64, "turbo", -1, 1, None]})
     outcomes: list = []
     lock = threading.Lock()
 
