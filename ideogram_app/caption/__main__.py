@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--model", help="model name, or the local model folder (env IDEOGRAM_EXPAND_MODEL)")
     model.add_argument("--key", help="API key (safer in env IDEOGRAM_EXPAND_KEY)")
     model.add_argument("--timeout", type=float, help="seconds per server attempt (default 120)")
+    model.add_argument("--max-tokens", type=int, help="longest answer in tokens (local default 1200)")
     expand = commands.add_parser("expand", parents=[model], help="plain-text idea -> caption with boxes")
     expand.add_argument("text", help='the idea, or - for stdin; "quoted" strings become text elements')
     expand.add_argument("--size", type=_size, default=(1024, 1024), help="WIDTHxHEIGHT, default 1024x1024")

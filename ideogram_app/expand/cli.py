@@ -8,19 +8,25 @@ retry); 2 no answer (bad arguments or input, no server configured, unreachable, 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .captioner import describe, expand, make_backend
+from .captioner import ENV_BACKEND, describe, expand, make_backend
 from .result import BackendError, CaptionRejected, InputError
 
 _ANSWERED = frozenset({"refusal", "truncated"})
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {"timeout": args.timeout} if (args.backend or "openai") == "openai" and args.timeout else {}
+    kind = args.backend or os.environ.get(ENV_BACKEND) or "openai"
+    if kind == "local":
+        options = {"max_new_tokens": args.max_tokens}
+    else:
+        options = {"timeout": args.timeout, "max_tokens": args.max_tokens}
+    options = {name: value for name, value in options.items() if value is not None}
     try:
-        backend = make_backend(args.backend, url=args.url, model=args.model, key=args.key, **options)
+        backend = make_backend(kind, url=args.url, model=args.model, key=args.key, **options)
         if args.command == "expand":
             text = _read("-") if args.text == "-" else args.text
             keep = _read(args.keep) if args.keep else None

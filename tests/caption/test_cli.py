@@ -1,6 +1,7 @@
 """The CLI through a real subprocess: output and exit codes 0 (clean), 1 (caption errors),
 2 (unreadable input)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,16 @@ def test_preview_writes_png_of_the_requested_size(tmp_path):
         assert image.size == (1536, 640) and image.format == "PNG"
     assert run("preview", F1, "--size", "big", "-o", out).returncode == 2
     assert run("preview", tmp_path / "none.json", "-o", out).returncode == 2
+
+
+def test_expand_and_describe_are_lazy_subcommands():
+    """The language-model subcommands import ideogram_app.expand only when they run: the caption
+    core stays free of torch and of the expansion package."""
+    probe = ("import sys; from ideogram_app.caption.__main__ import main; main(['verify', sys.argv[1]]); "
+             "print(sorted(m for m in ('torch', 'ideogram_app.expand') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe, str(F1)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDEOGRAM_EXPAND_")}
+    result = subprocess.run([sys.executable, "-m", "ideogram_app.caption", "expand", "a cat"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "IDEOGRAM_EXPAND_URL" in result.stderr
