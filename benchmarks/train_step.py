@@ -2,45 +2,69 @@
 
 Random weights (the released DiT config, 9.28 B parameters), one 1024x1024 sample (4096 image tokens)
 with a 512-token caption already projected (what the trainer's text cache feeds), batch 1, rank 32 on
-DiffSynth's targets (qkv, o, w1, w2, w3, adaln_modulation; 106.0 M fp32 parameters, fused AdamW). The
-step is the trainer's own: `flow_matching_loss` → backward → clipping at 1.0 → AdamW → zero_grad.
+DiffSynth's targets (qkv, o, w1, w2, w3, adaln_modulation; 106.0 M fp32 parameters). The model is
+prepared and stepped by the trainer's own code (`prepare_model`: lean LoRA layers, checkpointing,
+fused AdamW, Accelerate; `optimizer_step`: loss, backward, clipping at 1.0, AdamW, schedule), with
+the CUDA allocator set up as the trainer's command line sets it (expandable segments).
 
-Configurations: bf16 base without and with per-block gradient checkpointing, and the base kept as
-scaled fp8 (`Fp8Linear`, every Linear, the official fp8 files' layout) with checkpointing. Each
-writes one JSON line to --out. Runs on CUDA only — there is no CPU fallback — in about 3 minutes on
-an H200:
+Configurations (`CONFIGS`): bf16 base without and with per-block gradient checkpointing; the base kept
+as scaled fp8 (`Fp8Linear`, every Linear, the official fp8 files' layout) with checkpointing, with
+the block inputs offloaded to pinned host memory (`--use_gradient_checkpointing_offload`), and with
+the inference LoRA layer instead of the lean one (what the trainer ran before, for comparison). Each
+writes one JSON line to --out: median s/step, peak memory allocated and reserved. Runs on CUDA only
+— there is no CPU fallback — in about 2 minutes on an H200:
 
     python benchmarks/train_step.py --out results.jsonl
 
 `--smoke` runs a 2-block, narrow model for a few steps to check the script itself (on any device,
-named with --device); its numbers mean nothing.
+named with --device); its numbers mean nothing. `train_multi_gpu.py` reuses the helpers below.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
+from ideogram_app.train.memory import prefer_expandable_segments  # noqa: E402
+
+prefer_expandable_segments()  # as `python -m ideogram_app.train` does, before CUDA is touched
+
+import torch  # noqa: E402
+
+from ideogram_app.lora.layer import LoraLinear  # noqa: E402
 from ideogram_app.model.ideogram4_dit import Ideogram4Config, Ideogram4DiT  # noqa: E402
 from ideogram_app.train import adapters  # noqa: E402
-from ideogram_app.train.config import DIFFSYNTH_LORA_TARGETS  # noqa: E402
-from ideogram_app.train.memory import checkpoint_blocks, release_text_projection, store_fp8  # noqa: E402
-from ideogram_app.train.objective import Batch, flow_matching_loss  # noqa: E402
+from ideogram_app.train.config import DIFFSYNTH_LORA_TARGETS, TrainConfig, as_dict  # noqa: E402
+from ideogram_app.train.loop import Run, optimizer_step, prepare_model  # noqa: E402
+from ideogram_app.train.memory import release_text_projection, store_fp8  # noqa: E402
+from ideogram_app.train.objective import Batch  # noqa: E402
 
-CONFIGS = {  # name: (gradient checkpointing, fp8-kept base)
-    "bf16": (False, False),
-    "bf16+checkpointing": (True, False),
-    "fp8-kept+checkpointing": (True, True),
+
+@dataclass(frozen=True)
+class Variant:
+    checkpointing: bool = False
+    fp8: bool = False
+    offload: bool = False
+    inference_lora: bool = False  # the LoRA package's layer under autograd, not the trainer's lean one
+
+
+CONFIGS = {
+    "bf16": Variant(),
+    "bf16+checkpointing": Variant(checkpointing=True),
+    "fp8-kept+checkpointing": Variant(checkpointing=True, fp8=True),
+    "fp8-kept+checkpointing+offload": Variant(checkpointing=True, fp8=True, offload=True),
+    "fp8-kept+checkpointing+inference-lora": Variant(checkpointing=True, fp8=True, inference_lora=True),
 }
+SMOKE_CONFIG = dict(num_layers=2, emb_dim=512, num_heads=2, intermediate_size=256, adanln_dim=64, llm_features_dim=64)
 
 
 def random_dit(cfg: Ideogram4Config, device: torch.device) -> Ideogram4DiT:
@@ -58,35 +82,33 @@ def random_dit(cfg: Ideogram4Config, device: torch.device) -> Ideogram4DiT:
     return dit.requires_grad_(False)
 
 
-def make_batch(cfg: Ideogram4Config, size: int, text_tokens: int, device: torch.device) -> Batch:
+def make_batch(cfg: Ideogram4Config, size: int, text_tokens: int, device: torch.device, projected: bool = True) -> Batch:
+    """One sample as the trainer's caches feed it: projected text rows (LoRA) or raw features (full
+    fine-tune, where the projection trains)."""
     grid = size // 16
     generator = torch.Generator(device).manual_seed(1)
     n = grid * grid
+    width = cfg.emb_dim if projected else cfg.llm_features_dim
     return Batch(
         latents=torch.randn(1, n, cfg.in_channels, device=device, generator=generator),
         noise=torch.randn(1, n, cfg.in_channels, device=device, generator=generator),
         times=torch.tensor([0.4], device=device),
-        text=torch.randn(1, text_tokens, cfg.emb_dim, device=device, generator=generator).to(torch.bfloat16),
-        text_counts=[text_tokens], grid=(grid, grid), projected=True,
+        text=torch.randn(1, text_tokens, width, device=device, generator=generator).to(torch.bfloat16),
+        text_counts=[text_tokens], grid=(grid, grid), projected=projected,
     )
 
 
-def run_config(name: str, cfg: Ideogram4Config, device: torch.device, size: int, text_tokens: int, rank: int,
-               warmup: int, steps: int) -> dict:
-    checkpointing, fp8 = CONFIGS[name]
-    dit = random_dit(cfg, device)
-    release_text_projection(dit)  # LoRA runs read projected text from the cache
-    if fp8:
-        store_fp8(dit)
-    weights_gib = sum(t.numel() * t.element_size() for t in [*dit.parameters(), *dit.buffers()]) / 2**30
-    names = adapters.select_targets(dit, DIFFSYNTH_LORA_TARGETS)
-    modules = adapters.initial_modules(dit, names, rank, float(rank), seed=0)
-    params = adapters.attach(dit, modules)
-    if checkpointing:
-        checkpoint_blocks(dit)
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=device.type == "cuda")
-    batch = make_batch(cfg, size, text_tokens, device)
-    assert all(p.device.type == device.type for p in [*dit.parameters(), *params]), "a tensor is not on the device"
+def bench_run(config: TrainConfig, accelerator, dit: torch.nn.Module, params: list[torch.nn.Parameter], steps: int) -> Run:
+    """A trainer `Run` around a DiT built here, prepared by the trainer's `prepare_model`."""
+    run = Run(config, as_dict(config), accelerator, Path(tempfile.gettempdir()), None, None, dit=dit, params=params)
+    prepare_model(run, steps)
+    return run
+
+
+def timed_steps(run: Run, batch: Batch, warmup: int, steps: int) -> dict:
+    """`warmup + steps` trainer optimiser steps; median/mean seconds of the timed ones, peak memory
+    since the first (the AdamW state appears at the first step)."""
+    device = run.accelerator.device
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -94,25 +116,49 @@ def run_config(name: str, cfg: Ideogram4Config, device: torch.device, size: int,
     times, losses = [], []
     for index in range(warmup + steps):
         began = time.perf_counter()
-        loss = flow_matching_loss(dit, dit, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, _, _ = optimizer_step(run, lambda a: batch, 1)  # .item() inside: the step has finished
         synchronize(device)
-        losses.append(loss.item())
+        losses.append(loss)
         if index >= warmup:
             times.append(time.perf_counter() - began)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    result = {
-        "config": name, "s_per_step": round(statistics.median(times), 4), "s_per_step_mean": round(statistics.mean(times), 4),
-        "peak_mem_gib": None if peak is None else round(peak, 2), "resident_weights_gib": round(weights_gib, 2),
-        "lora_params": adapters.count_parameters(modules), "rank": rank, "size": size, "text_tokens": text_tokens,
-        "batch": 1, "steps_timed": steps, "loss_first": losses[0], "loss_last": losses[-1],
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-        "torch": torch.__version__,
-    }
-    del dit, params, optimizer, batch, modules
+    result = {"s_per_step": round(statistics.median(times), 4), "s_per_step_mean": round(statistics.mean(times), 4),
+              "steps_timed": steps, "loss_first": losses[0], "loss_last": losses[-1]}
+    if device.type == "cuda":
+        result["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        result["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 2)
+    return result
+
+
+def device_info(device: torch.device) -> dict:
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device), "torch": torch.__version__}
+
+
+def run_config(name: str, cfg: Ideogram4Config, accelerator, size: int, text_tokens: int, rank: int,
+               warmup: int, steps: int) -> dict:
+    variant = CONFIGS[name]
+    device = accelerator.device
+    dit = random_dit(cfg, device)
+    release_text_projection(dit)  # LoRA runs read projected text from the cache
+    if variant.fp8:
+        store_fp8(dit)
+    weights_gib = sum(t.numel() * t.element_size() for t in [*dit.parameters(), *dit.buffers()]) / 2**30
+    names = adapters.select_targets(dit, DIFFSYNTH_LORA_TARGETS)
+    modules = adapters.initial_modules(dit, names, rank, float(rank), seed=0)
+    params = adapters.attach(dit, modules)
+    config = TrainConfig(lora_base_model="dit", lora_rank=rank, use_gradient_checkpointing=variant.checkpointing,
+                         use_gradient_checkpointing_offload=variant.offload, learning_rate=1e-4)
+    run = bench_run(config, accelerator, dit, params, warmup + steps)
+    if variant.inference_lora:
+        for layer in dit.modules():  # drop the lean forward (an instance attribute): the class's runs again
+            if isinstance(layer, LoraLinear):
+                layer.__dict__.pop("forward", None)
+    assert all(p.device.type == device.type for p in [*dit.parameters(), *params]), "a tensor is not on the device"
+    batch = make_batch(cfg, size, text_tokens, device)
+    result = {"config": name, **timed_steps(run, batch, warmup, steps), "resident_weights_gib": round(weights_gib, 2),
+              "lora_params": adapters.count_parameters(modules), "rank": rank, "size": size,
+              "text_tokens": text_tokens, "batch": 1, **device_info(device)}
+    accelerator.free_memory()  # Accelerate keeps the prepared model and optimiser otherwise
+    del dit, params, batch, modules, run
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -146,18 +192,25 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device is visible to PyTorch; this benchmark does not fall back to the CPU", file=sys.stderr)
         return 1
+    if device.type == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "1"  # --smoke --device cpu: Accelerate must not pick a GPU either
+    from ideogram_app.train.loop import make_accelerator
+
     cfg = Ideogram4Config()
     size, text_tokens, rank = args.size, args.text_tokens, args.rank
     if args.smoke:
-        cfg = replace(cfg, num_layers=2, emb_dim=512, num_heads=2, intermediate_size=256, adanln_dim=64, llm_features_dim=64)
+        cfg = replace(cfg, **SMOKE_CONFIG)
         size, text_tokens, rank = 128, 16, 4
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # as the trainer sets it (ideogram_app/train/loop.py)
+    accelerator = make_accelerator(TrainConfig())
+    if accelerator.device.type != device.type:
+        print(f"error: Accelerate chose {accelerator.device}, the benchmark was asked for {device}", file=sys.stderr)
+        return 1
     for name in names:
         try:
-            result = run_config(name, cfg, device, size, text_tokens, rank, args.warmup, args.steps)
+            result = run_config(name, cfg, accelerator, size, text_tokens, rank, args.warmup, args.steps)
         except torch.OutOfMemoryError as err:
             result = {"config": name, "error": f"out of memory: {str(err).splitlines()[0]}"}
+            accelerator.free_memory()
             gc.collect()
             torch.cuda.empty_cache()
         result["smoke"] = args.smoke

@@ -23,17 +23,19 @@ from ideogram_app.model.fp8 import FP8_DTYPE, Fp8Linear
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 
 
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+def _identity(tensor: torch.Tensor) -> tuple:
+    return tensor.data_ptr(), tuple(tensor.shape), tensor.dtype, tensor.device
 
 
 def host_copies_of(kept: torch.Tensor):
     """Saved-tensor hooks that keep `kept`, wherever autograd saves it, as a host copy (pinned when it
     lives on a GPU, so the copies run asynchronously on the current stream) and bring it back on
-    unpacking. Other saved tensors are left alone."""
+    unpacking. Other saved tensors are left alone. The hooks remember `kept` by address, shape,
+    dtype and device only: a reference would keep the device tensor alive."""
+    identity = _identity(kept)
 
     def pack(tensor: torch.Tensor):
-        if not _same_tensor(tensor, kept):
+        if _identity(tensor) != identity:
             return tensor
         on_gpu = tensor.device.type == "cuda"
         host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=on_gpu)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 from ideogram_app.train.cli import main
 from ideogram_app.train.records import read_metrics
-from tests.train.conftest import lora_args, run_subprocess, train_subprocess
+from tests.train.conftest import ROOT, lora_args, run_subprocess, subprocess_env, train_subprocess
 
 
 def wait_for_steps(output: Path, count: int, process, timeout: float = 90) -> None:
@@ -104,3 +105,18 @@ def test_sigterm_saves_a_checkpoint_and_stops(tiny_repos, dataset, cache_dir, tm
     assert run["status"] == "stopped" and run["step"] == step and "--resume latest" in run["message"]
     assert [p.name for p in (output / "checkpoints").iterdir()] == [f"step-{step:07d}"]
     assert (output / "lora.safetensors").is_file()
+
+
+def test_benchmark_smoke_runs_the_fsdp_full_fine_tune_on_two_gloo_processes(tmp_path):
+    """benchmarks/train_multi_gpu.py --smoke --phase fsdp: the trainer's `prepare_model` and
+    `optimizer_step` under Accelerate's own FSDP2 wrapping (the shipped fsdp_full.yaml), on 2 CPU
+    processes, the only place FSDP runs without GPUs: shards, steps and lowers the loss."""
+    out = tmp_path / "multi.jsonl"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 1000)]
+    result = subprocess.run([*launcher, "benchmarks/train_multi_gpu.py", "--smoke", "--phase", "fsdp", "--out", str(out),
+                             "--warmup", "1", "--steps", "2"],
+                            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["distributed"] == "FSDP" and row["processes"] == 2 and row["smoke"]
+    assert row["loss_last"] < row["loss_first"]
