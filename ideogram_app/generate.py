@@ -6,6 +6,7 @@ is checked before the model loads; the token count is checked right after the to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from ideogram_app.limits import DEFAULT_LIMITS, LimitError
 from ideogram_app.loading.conversion import FP8_MODES
 from ideogram_app.pipeline.hub import ModelSourceError
 from ideogram_app.pipeline.metadata import save_png
+from ideogram_app.pipeline.model_config import components_from_model
 from ideogram_app.pipeline.placement import MEMORY_MODES
 from ideogram_app.pipeline.prompt import InvalidCaptionError, prepare_prompt
 from ideogram_app.pipeline.sampling import PRESETS
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=None, help=f"img2img denoising strength in (0, 1]; default {IMG2IMG_STRENGTH} with --input-image")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="apply a LoRA file to the conditional transformer (repeatable; scale default 1.0)")
+    p.add_argument("--transformer", default=None, metavar="PATH",
+                   help="conditional DiT to use instead of the model's own: a full fine-tune's output folder "
+                        "(python -m ideogram_app.train --trainable_models dit) or any transformer/ folder")
     p.add_argument("--memory", default="full", choices=MEMORY_MODES, help="full | offload | cpu")
     p.add_argument("--device", default=None, help="compute device (default cuda if available, else cpu)")
     p.add_argument("--dtype", default="bfloat16", choices=DTYPES)
@@ -94,6 +99,16 @@ def parse_lora(value: str) -> tuple[Path, float]:
     return Path(path), scale
 
 
+def transformer_folder(value: str) -> Path:
+    """The transformer/ folder of a full fine-tune's output (or the folder itself), with its weights."""
+    path = Path(value)
+    folder = path / "transformer" if (path / "transformer").is_dir() else path
+    if not folder.is_dir() or not (any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json"))):
+        raise UsageError(f"--transformer {value}: no transformer weights there (expected a folder with "
+                         "transformer/diffusion_pytorch_model.safetensors, or that transformer/ folder)")
+    return folder
+
+
 def check_arguments(args: argparse.Namespace) -> tuple[str, GenerationSettings]:
     """Validate what needs no model; return the prompt and the settings."""
     values = dict(
@@ -123,6 +138,8 @@ def check_arguments(args: argparse.Namespace) -> tuple[str, GenerationSettings]:
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {out.parent} does not exist")
     args.lora = [parse_lora(value) for value in args.lora]
+    if args.transformer is not None:
+        args.transformer = transformer_folder(args.transformer)
     return prompt, settings
 
 
@@ -143,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     from ideogram_app.pipeline.pipeline import Ideogram4Pipeline  # after validation: loads transformers
 
     try:
-        pipe = Ideogram4Pipeline.from_pretrained(
-            args.model, torch_dtype=getattr(torch, args.dtype), device=args.device, memory=args.memory, fp8=args.fp8,
-        )
+        options = dict(torch_dtype=getattr(torch, args.dtype), device=args.device, memory=args.memory, fp8=args.fp8)
+        if args.transformer is None:
+            pipe = Ideogram4Pipeline.from_pretrained(args.model, **options)
+        else:  # the model's other components around another conditional DiT; the metadata names both
+            paths = dataclasses.replace(components_from_model(args.model), transformer=args.transformer)
+            pipe = Ideogram4Pipeline.from_components(paths, model_name=f"{args.model} (transformer: {args.transformer})", **options)
     except (ModelSourceError, ValueError, FileNotFoundError) as err:
         print(f"error: cannot load {args.model}: {err}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -72,6 +73,7 @@ def test_cli_rejects_a_bad_size_without_loading_anything(tmp_path):
         (["--caption", '{"high_level_description": "x",'], "--caption: invalid JSON at line 1"),
         (["--caption", '{"compositional_deconstruction": {"elements": []}}'], "--caption: the caption has 1 error(s)"),
         (["--out", "/missing/folder/out.png"], "--out: folder /missing/folder does not exist"),
+        (["--transformer", "/missing/run"], "--transformer /missing/run: no transformer weights there"),
     ],
 )
 def test_cli_bad_inputs_exit_2_with_a_message(tiny_repos, caption_file, tmp_path, capsys, extra, message):
@@ -104,3 +106,23 @@ def test_cli_defaults_are_the_settings_defaults():
     args = build_parser().parse_args(["--model", "m", "--caption", "a cat", "--out", "o.png", "--seed", "3"])
     prompt, settings = check_arguments(args)
     assert prompt == "a cat" and settings == GenerationSettings(seed=3)
+
+
+def test_cli_transformer_takes_a_full_fine_tunes_output(tiny_repos, caption_file, tmp_path):
+    """--transformer RUN: the output folder of a 2-step full fine-tune (the trainer on the tiny repo)
+    is the conditional DiT; the image differs from the base model's, and its metadata names the folder."""
+    from ideogram_app.train.cli import main as train
+    from tests.train.conftest import base_args, write_dataset
+
+    run = tmp_path / "full"
+    metadata = write_dataset(tmp_path / "data")
+    assert train(base_args(tiny_repos["bf16"], metadata, run, tmp_path / "cache", "--trainable_models", "dit",
+                           "--max_steps", "2", "--learning_rate", "1e-3")) == 0
+    common = ["--model", str(tiny_repos["bf16"]), "--caption", str(caption_file), "--size", "64x64", "--preset", "turbo",
+              "--steps", "3", "--seed", "5", "--memory", "cpu", "--dtype", "float32"]
+    assert main([*common, "--out", str(tmp_path / "base.png")]) == 0
+    assert main([*common, "--out", str(tmp_path / "tuned.png"), "--transformer", str(run)]) == 0
+    base, tuned = (np.asarray(Image.open(tmp_path / name)) for name in ("base.png", "tuned.png"))
+    assert not np.array_equal(base, tuned)
+    assert read_image_metadata(tmp_path / "tuned.png")["settings"]["model"] == (
+        f"{tiny_repos['bf16']} (transformer: {run / 'transformer'})")
