@@ -55,6 +55,7 @@ MAX_ZIP_BYTES = 512 * 2**20  # uncompressed total of one zip
 METRICS_CHUNK = 1 << 20  # most bytes of metrics.jsonl read per poll (a bounded tail on the first read)
 LOG_TAIL_BYTES = 12_000
 PREVIEW_SIDE = 1024
+EXIT_WAIT_S = 15  # how long Resume waits for a trainer that has marked its run stopped to exit
 PREVIEW_TTL_S = 6 * 3600
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding `ideogram_app`
 
@@ -524,6 +525,10 @@ class RunManager:
         checkpoint; a run the trainer refused before writing anything starts again), with the same
         settings, or another `max_steps` (the trainer allows that change)."""
         info = self.info(folder)
+        deadline = time.monotonic() + EXIT_WAIT_S
+        while info.alive and info.status in ("stopped", "failed", "finished") and time.monotonic() < deadline:
+            time.sleep(0.1)  # the trainer has written its final status and is exiting
+            info = self.info(folder)
         if info.alive:
             raise TrainFilesError(f"run {info.name} is still running")
         if info.status == "finished":

@@ -66,8 +66,7 @@ PATH_SETTINGS = ("dataset_metadata_path", "model_paths", "model_id_with_origin_p
                  "lora_checkpoint", "preset_lora_path", "cache_dir")
 ADVANCED = tuple(s for s in SETTINGS if s.kind in ("value", "flag") and s.name not in OWN_SETTINGS)
 TRIGGER_FIELDS = ("high_level_description", "compositional_deconstruction.background")
-STATUS_LABEL = {runs.MISSING: "⬜ missing", runs.PLAIN: "🟨 plain text", runs.ERRORS: "🟥 verifier errors",
-                runs.CLEAN: "🟩 clean"}
+STATUS_LABEL = {runs.MISSING: "missing", runs.PLAIN: "plain text", runs.ERRORS: "verifier errors", runs.CLEAN: "clean"}
 PLOT_POINTS = 2000  # the loss plot keeps the newest points
 CONTROLS = ("tr_upload", "tr_create", "tr_datasets", "tr_open", "tr_save", "tr_copy_all", "tr_start", "tr_stop",
             "tr_resume", "tr_delete", "tr_runs", "tr_use")
@@ -204,11 +203,10 @@ class TrainTab:
         ui.on(ui["tr_open"].click, self.on_open_dataset, ["tr_datasets"], **private)
         ui.on(ui["tr_grid"].select, self.on_grid_select, ["tr_dataset", "tr_images"], **private)
         ui.on(ui["tr_canvas"].edit, self.on_canvas_edit, ["tr_editor"], trigger_mode="multiple", **GLUE)
-        ui.on(ui["tr_el_text"].input, self.on_element_text, ["tr_editor", "tr_el_text"], **GLUE)
-        ui.on(ui["tr_el_desc"].input, self.on_element_desc, ["tr_editor", "tr_el_desc"], **GLUE)
-        ui.on(ui["tr_hld"].input, self.on_hld, ["tr_editor", "tr_hld"], **GLUE)
-        ui.on(ui["tr_background"].input, self.on_background, ["tr_editor", "tr_background"], **GLUE)
-        ui.on(ui["tr_json"].blur, self.on_json, ["tr_editor", "tr_json"], **GLUE)
+        # As in Compose: key presses fire `input`, pasted text only `blur`; the newest value wins.
+        for name, handler in (("tr_el_text", self.on_element_text), ("tr_el_desc", self.on_element_desc),
+                              ("tr_hld", self.on_hld), ("tr_background", self.on_background), ("tr_json", self.on_json)):
+            ui.on([ui[name].input, ui[name].blur], handler, ["tr_editor", name], trigger_mode="always_last", **GLUE)
         ui.on(ui["tr_save"].click, self.on_save_caption, ["tr_dataset", "tr_image", "tr_editor"], **private,
               concurrency_id="train-files", concurrency_limit=1)
         ui.on(ui["tr_copy_all"].click, self.on_copy_to_all, ["tr_dataset", "tr_image", "tr_editor"], **private,
@@ -557,8 +555,8 @@ class TrainTab:
 
     @emits(*WATCH_VIEW)
     def on_watch_tick(self, name: str | None, cursor: dict | None, request: gr.Request) -> dict:
-        """The timer's poll: new metrics only; when the run has ended, the list is refreshed once
-        and the timer stops."""
+        """The timer's poll: new metrics only; the runs table is refreshed when the status changes
+        and when the run has ended (then the timer stops)."""
         if not name or not self.policy.is_operator(request):
             return {"tr_timer": gr.update(active=False)}
         owner = runs.owner_of(getattr(request, "username", None))
@@ -567,8 +565,9 @@ class TrainTab:
         except TrainFilesError:
             return {"tr_timer": gr.update(active=False)}
         out = self.watch_view(owner, folder, cursor)
-        if not self.manager.alive(folder):
-            out.update(self._runs_list(owner, name))
+        before = cursor.get("status") if isinstance(cursor, dict) and cursor.get("folder") == str(folder) else None
+        if out["tr_cursor"]["status"] != before or not out["tr_timer"]["active"]:
+            out.update(self._runs_list(owner, name))  # the table follows status changes, not every step
         return out
 
     @emits("tr_use_note", "lora_pick")
