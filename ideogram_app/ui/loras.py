@@ -99,8 +99,9 @@ def checked_file_name(name: str) -> str:
 
 
 def upload_file_name(uploaded_as: str) -> str:
-    """A folder file name from what the user called an upload: unusual characters become `_`."""
-    return default_name(uploaded_as) + SUFFIX
+    """A folder file name from what the user called an upload: unusual characters become `_`, and
+    the name starts with a letter or digit (`(v2) ink.safetensors` -> `v2__ink.safetensors`)."""
+    return (default_name(uploaded_as).lstrip("_-") or "lora") + SUFFIX
 
 
 def model_targets(pipe: Any = None) -> dict[str, tuple[int, int]]:

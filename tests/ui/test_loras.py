@@ -14,7 +14,7 @@ from ideogram_app.caption import load_template
 from ideogram_app.lora import RejectedLora, UnreadableLora
 from ideogram_app.ui import editor
 from ideogram_app.ui.loras import (MAX_LORAS, add_lora_file, checked_selection, list_loras, lora_dir, parse_lora_args,
-                                   picker_update, restore_selection, sync_loras)
+                                   picker_update, restore_selection, sync_loras, upload_file_name)
 from ideogram_app.ui.markup import escape
 from ideogram_app.ui.model_slot import ModelSlot
 from ideogram_app.ui.policy import Policy
@@ -103,6 +103,13 @@ def test_a_file_with_unmatched_keys_is_added_with_a_warning_naming_it(folder, pi
     with pytest.warns(UserWarning) as caught:
         add_lora_file(source, pipe=pipe)
     assert any("extra.safetensors" in str(w.message) and str(folder) not in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("uploaded_as, stored", [("My Ink v2.safetensors", "My_Ink_v2.safetensors"),
+                                                  ("(v2) ink.safetensors", "v2__ink.safetensors"),
+                                                  ("---.safetensors", "lora.safetensors")])
+def test_upload_names_become_folder_names(folder, lora_files, pipe, uploaded_as, stored):
+    assert add_lora_file(lora_files["ink"], upload_file_name(uploaded_as), pipe=pipe) == stored
 
 
 def test_selections_are_checked(folder, lora_files, pipe):
