@@ -15,9 +15,9 @@ and nothing else, and a run outlives an app restart; the runs list is read from 
 (`run.json`, written by the trainer, and `launch.json`), so it survives one too. Stop is SIGTERM:
 the trainer finishes its step, writes a checkpoint and its LoRA and marks the run `stopped`.
 
-One GPU lease: while a run this process started is alive, `gpu_busy()` says so, and Generate asks
-it before it loads anything onto the device (training and generation together would run the GPU
-out of memory without saying why).
+One GPU lease: while a run this process started is alive, `gpu_busy()` says so, for Generate to
+refuse with that message before it touches the pipeline (training and generation together would
+run the GPU out of memory without saying why).
 """
 from __future__ import annotations
 
