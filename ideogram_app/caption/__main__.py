@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     preview.set_defaults(run=_cmd_preview)
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--backend", choices=("openai", "local"), help="env IDEOGRAM_EXPAND_BACKEND, default openai")
-    model.add_argument("--url", help="OpenAI-compatible API root, e.g. http://localhost:11434/v1 (env IDEOGRAM_EXPAND_URL)")
+    model.add_argument("--url", help="OpenAI-compatible API root, e.g. http://localhost:11434/v1 "
+                       "(env IDEOGRAM_EXPAND_URL)")
     model.add_argument("--model", help="model name, or the local model folder (env IDEOGRAM_EXPAND_MODEL)")
     model.add_argument("--key", help="API key (safer in env IDEOGRAM_EXPAND_KEY)")
     model.add_argument("--timeout", type=float, help="seconds per server attempt (default 120)")

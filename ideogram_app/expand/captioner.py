@@ -147,7 +147,8 @@ def _kept(keep: Caption | dict | str | None) -> tuple[list[dict], dict | None]:
     errors = [i for i in verify(caption) if i.severity == "error" and i.path.startswith(ELEMENTS)]
     if errors:
         found = "; ".join(str(i) for i in errors)
-        raise InputError(f"the layout to keep has errors in its elements, which are kept unchanged; fix them first: {found}")
+        raise InputError(f"the layout to keep has errors in its elements, which are kept unchanged; fix them "
+                         f"first: {found}")
     context = caption.to_dict()
     context["compositional_deconstruction"].pop("elements")
     return [element.to_dict() for element in caption.elements], context

@@ -204,7 +204,8 @@ class CaptionConstraint(LogitsProcessor):
         else:
             allowed = self._in_string(*entry[1:], left)
         if allowed.numel() == 0:
-            raise RuntimeError("no token can continue the caption within the budget; the grammar's cost is inconsistent")
+            raise RuntimeError("no token can continue the caption within the budget; the grammar's cost is "
+                               "inconsistent")
         return allowed
 
     def _in_string(self, count: int, nonspace: bool, max_chars: int, multiline: bool, above: int,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList,
+                          StoppingCriteriaList)
 
 from .bounds import CaptionBounds
 from .decoding import CaptionConstraint, TokenTable
@@ -73,7 +74,8 @@ class LocalBackend:
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=sample,
                                   temperature=self.temperature if sample else None,
                                   top_p=self.top_p if sample else None, top_k=None,
-                                  pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                                  pad_token_id=(self.tokenizer.eos_token_id if self.tokenizer.pad_token_id is None
+                                                else self.tokenizer.pad_token_id),
                                   eos_token_id=self.tokenizer.eos_token_id)
         with torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
             if self.seed is not None:

@@ -112,14 +112,15 @@ class OpenAIBackend:
                                            f"{err.reason} ({attempt} attempt(s)); is it running, and is the URL "
                                            "right (--url / IDEOGRAM_EXPAND_URL)?")
             except (ConnectionError, http.client.HTTPException) as err:
-                failure = BackendError("unreachable", f"the connection to {self.url} failed: {err or type(err).__name__} "
-                                       f"({attempt} attempt(s))")
+                failure = BackendError("unreachable", f"the connection to {self.url} failed: "
+                                       f"{err or type(err).__name__} ({attempt} attempt(s))")
             else:
                 try:
                     return json.loads(raw)
                 except ValueError:
-                    raise BackendError("protocol", f"{self.url} did not answer with JSON: {show(raw[:200].decode('utf-8', 'replace'))}; "
-                                       "is this an OpenAI-compatible /chat/completions endpoint?") from None
+                    start = raw[:200].decode("utf-8", "replace")
+                    raise BackendError("protocol", f"{self.url} did not answer with JSON: {show(start)}; is this an "
+                                       "OpenAI-compatible /chat/completions endpoint?") from None
             if attempt < attempts:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
         raise failure
@@ -138,8 +139,8 @@ class OpenAIBackend:
                 403: "; the key may lack access to this model",
                 404: f"; check the URL (it should end in /v1 or similar) and the model name {show(self.model)}",
                 429: "; the server is rate-limiting: wait and try again"}.get(err.code, "")
-        return BackendError("http", f"the expansion server answered HTTP {err.code} {err.reason}: {detail or '(no body)'}"
-                            f"{hint}")
+        return BackendError("http", f"the expansion server answered HTTP {err.code} {err.reason}: "
+                            f"{detail or '(no body)'}{hint}")
 
     def _content(self, payload: dict) -> str:
         try:

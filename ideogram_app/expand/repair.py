@@ -126,7 +126,8 @@ def _repair(value: Any, repairs: list[Repair]) -> Any:
     if len(value) == 1:  # {"caption": {...}}: a wrapper around the caption
         (key, inner), = value.items()
         if isinstance(inner, dict) and "compositional_deconstruction" in inner:
-            repairs.append(Repair("unwrapped", "", f"the caption was wrapped in a {show(key)} key; the wrapper was removed"))
+            repairs.append(Repair("unwrapped", "", f"the caption was wrapped in a {show(key)} key; the wrapper was "
+                                  "removed"))
             value = inner
     for key in ("high_level_description", "style_description"):
         if key in value and value[key] is None:
@@ -181,7 +182,8 @@ def repair_bbox(bbox: Any, path: str, repairs: list[Repair]) -> Any:
     if y0 == y1 or x0 == x1:
         grown = [*_widen(y0, y1), *_widen(x0, x1)]
         grown = [grown[0], grown[2], grown[1], grown[3]]
-        repairs.append(Repair("bbox_widened", path, f"{show([y0, x0, y1, x1])} had zero area; widened to {show(grown)}"))
+        repairs.append(Repair("bbox_widened", path, f"{show([y0, x0, y1, x1])} had zero area; widened to "
+                              f"{show(grown)}"))
         y0, x0, y1, x1 = grown
     return [y0, x0, y1, x1]
 

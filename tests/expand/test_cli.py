@@ -79,8 +79,8 @@ def test_failures_have_messages_and_exit_codes(chat_server):
 
 
 def test_local_backend_from_the_command_line(tiny_lm):
-    result = run("expand", 'a bakery sign saying "PAIN"', "--backend", "local", "--model", tiny_lm, "--size", "768x1024",
-                 "--max-tokens", "150")
+    result = run("expand", 'a bakery sign saying "PAIN"', "--backend", "local", "--model", tiny_lm,
+                 "--size", "768x1024", "--max-tokens", "150")
     assert result.returncode == 0, result.stderr
     caption = result.stdout.strip()
     assert verify(caption) == []

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from ideogram_app.expand import CaptionBounds
@@ -27,7 +26,8 @@ def reference(constraint, state, left) -> set[int]:
     grammar, table = constraint.grammar, constraint.table
     found = set()
     for token_id, text in enumerate(table.texts):
-        if text is not None and (after := grammar.walk(state, text)) is not None and grammar.min_left(after) <= left - 1:
+        after = None if text is None else grammar.walk(state, text)
+        if after is not None and grammar.min_left(after) <= left - 1:
             found.add(token_id)
     return found
 
@@ -49,7 +49,8 @@ def test_allowed_tokens_match_the_grammar(table):
                 assert len(allowed) == 1
                 checked["forced"] += 1
             elif grammar.open_string(state) is not None:
-                assert all("\\" in table.texts[i] for i in expected - allowed), [table.texts[i] for i in expected - allowed]
+                unused = [table.texts[i] for i in expected - allowed]
+                assert all("\\" in text for text in unused), unused
                 checked["string"] += 1
             else:
                 assert allowed == expected

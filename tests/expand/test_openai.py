@@ -79,7 +79,8 @@ def test_malformed_answer_is_sent_back_once_then_reported(chat_server):
     assert caught.value.raw == '{"compositional'
     retry = chat_server.requests[1]["body"]["messages"]
     assert retry[-2] == {"role": "assistant", "content": '{"high_level_description": "A cat",'}
-    assert "json_syntax" in retry[-1]["content"] and "line 1, column 36: Expecting property name" in retry[-1]["content"]
+    assert "json_syntax" in retry[-1]["content"]
+    assert "line 1, column 36: Expecting property name" in retry[-1]["content"]
 
 
 def test_retry_with_the_verifiers_messages_fixes_an_unknown_key(chat_server, poster_json):
