@@ -20,6 +20,10 @@ _ANSWERED = frozenset({"refusal", "truncated"})
 
 def run(args: argparse.Namespace) -> int:
     kind = args.backend or os.environ.get(ENV_BACKEND) or "openai"
+    if args.command == "describe" and kind == "local":  # say so before loading a model for nothing
+        print("error: the local backend reads text only; describe needs a vision model behind --backend openai",
+              file=sys.stderr)
+        return 2
     if kind == "local":
         options = {"max_new_tokens": args.max_tokens}
     else:

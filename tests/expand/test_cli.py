@@ -85,3 +85,5 @@ def test_local_backend_from_the_command_line(tiny_lm):
     caption = result.stdout.strip()
     assert verify(caption) == []
     assert "PAIN" in [e.get("text") for e in json.loads(caption)["compositional_deconstruction"]["elements"]]
+    result = run("describe", tiny_lm / "config.json", "--backend", "local", "--model", tiny_lm)
+    assert result.returncode == 2 and "reads text only" in result.stderr
