@@ -170,9 +170,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def summary(path: Path) -> int:
+    for row in map(json.loads, path.read_text().splitlines()):
+        if "error" in row:
+            print(f"{row['config']:40} {row['error']}")
+        else:
+            print(f"{row['config']:40} {row['s_per_step']:.3f} s/step  peak {row.get('peak_allocated_gib')} GiB allocated, "
+                  f"{row.get('peak_reserved_gib')} GiB reserved  (weights {row['resident_weights_gib']} GiB)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="JSON-lines file, one line per configuration (appended)")
+    parser.add_argument("--out", help="JSON-lines file, one line per configuration (appended)")
+    parser.add_argument("--summary", type=Path, help="print the rows of this file as a table, then exit")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=3)
@@ -182,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny model, to check the script (numbers mean nothing)")
     parser.add_argument("--device", default="cuda", help="only with --smoke may this be anything but cuda")
     args = parser.parse_args(argv)
+    if args.summary:
+        return summary(args.summary)
+    if not args.out:
+        parser.error("--out is needed (or --summary FILE)")
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
