@@ -1,4 +1,5 @@
-"""The four public endpoints: `/generate`, `/validate_caption`, `/format_caption`, `/render_layout`.
+"""The five public endpoints: `/generate`, `/expand`, `/validate_caption`, `/format_caption`,
+`/render_layout`.
 
 They take and return plain values, so `gradio_client` and MCP agents can call them; type hints and
 docstrings become the API page and the MCP tool descriptions (Gradio reads the hints at run time,
@@ -6,7 +7,9 @@ so this module must not use postponed annotations). The generation parameters ar
 `GenerationSettings` fields under their own names, so the settings' messages name them as they
 are; their defaults are the settings' defaults. `loras` names files of the server's LoRA folder
 only (loras.py), never a path. (Issue paths are returned as `json_path`:
-gradio_client would take a dict key named `path` for a file to download.)
+gradio_client would take a dict key named `path` for a file to download.) `/expand` uses the
+server's expansion backend (expansion.py, set by an operator); its messages name neither the
+server's URL nor its paths.
 
 Every call is checked before any work, cheapest first: the caption's type, size in characters and
 characters (`checked_caption`), then sizes, seeds and counts (`GenerationSettings`, `Limits`), then
@@ -24,11 +27,13 @@ from gradio.data_classes import FileData
 
 from ideogram_app.caption import (Caption, CaptionFormatError, CaptionSyntaxError, PlainText, parse, render_layout,
                                   to_json, verify)
+from ideogram_app.expand import ExpandError
 from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.pipeline.sampling import PRESETS
 from ideogram_app.pipeline.settings import RANDOM_SEED, SEED_MAX, GenerationSettings
 from ideogram_app.pipeline.sizes import MULTIPLE, RECOMMENDED_MAX, RECOMMENDED_MIN
 
+from .expansion import Expander
 from .generation import DEFAULTS, JSON_TYPES, GenerationFailed, checked_caption, checked_size, generate_images
 from .loras import MAX_LORAS, SCALE_MAX, SCALE_MIN, parse_lora_args
 from .model_slot import ModelNotLoadedError, ModelSlot
@@ -75,13 +80,16 @@ def _guarded(endpoint):
 
 
 class PublicApi:
-    def __init__(self, slot: ModelSlot, limits: Limits = DEFAULT_LIMITS):
+    def __init__(self, slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, expander: Expander | None = None):
         self.slot = slot
         self.limits = limits
+        self.expander = expander if expander is not None else Expander()
 
     def register(self) -> None:
         """Add the endpoints to the Blocks being built (generation joins the GPU concurrency group)."""
         gr.api(_guarded(self.generate), api_name="generate", concurrency_id=GPU, concurrency_limit=1)
+        # The GPU group: a local language model is not thread-safe and shares the GPU (expansion.py).
+        gr.api(_guarded(self.expand), api_name="expand", concurrency_id=GPU, concurrency_limit=1)
         gr.api(_guarded(self.validate_caption), api_name="validate_caption", concurrency_limit=4)
         gr.api(_guarded(self.format_caption), api_name="format_caption", concurrency_limit=4)
         gr.api(_guarded(self.render_layout), api_name="render_layout", concurrency_limit=4)
@@ -124,6 +132,36 @@ class PublicApi:
         random_seed=RANDOM_SEED, scale_min=SCALE_MIN, scale_max=SCALE_MAX, max_loras=MAX_LORAS,
         presets=", ".join(f'"{name}" ({p.steps} steps{", the default" if name == DEFAULTS["preset"] else ""})'
                           for name, p in PRESETS.items()))
+
+    def expand(self, idea: str, width: int = DEFAULTS["width"], height: int = DEFAULTS["height"],
+               keep: str | None = None) -> tuple[str, dict]:
+        """Expand a short plain-text idea into a complete caption with boxes, written by the server's language model and checked by the caption verifier.
+
+        Args:
+            idea: what the image should show, in a few words; every string in double quotes becomes a text element with exactly that text.
+            width: the image width in pixels the boxes are fitted to, within the limits /generate accepts.
+            height: the image height in pixels, within the limits /generate accepts.
+            keep: optional current caption (JSON text); its elements come back unchanged, text and box included.
+
+        Returns:
+            The canonical caption JSON, and {"repairs": [{code, json_path, message}], "warnings": [{code, json_path, message}], "attempts": 1 or 2}: what was changed in the model's answer, the verifier's remaining warnings, and whether the model was asked twice.
+        """
+        if not isinstance(idea, str):
+            raise gr.Error(f"idea must be a string of text, got {JSON_TYPES.get(type(idea), 'another type')}")
+        try:
+            self.limits.check_caption_chars(idea)
+            size = checked_size(width, height, self.limits)
+        except ValueError as err:  # LimitError, SettingsError for the size
+            raise gr.Error(str(err)) from None
+        kept = caption_or_error(keep, self.limits) if keep is not None and keep != "" else None
+        try:
+            result = self.expander.expand(idea, size.width, size.height, keep=kept)
+        except ExpandError as err:
+            raise gr.Error(self.expander.message(err, detail=False)) from None
+        return result.json, {
+            "repairs": [{"code": r.code, "json_path": r.path, "message": r.message} for r in result.repairs],
+            "warnings": [{"code": w.code, "json_path": w.path, "message": w.message} for w in result.warnings],
+            "attempts": result.attempts}
 
     def validate_caption(self, caption: str) -> list[dict]:
         """Check a caption against the Ideogram 4 caption rules (the official CaptionVerifier's and more).

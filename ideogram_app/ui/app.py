@@ -12,6 +12,7 @@ from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS
 
 from .api import PublicApi
+from .expansion import Expander
 from .model_slot import ModelSlot
 from .policy import Policy
 from .results import output_dir
@@ -35,8 +36,8 @@ sees is the canonical compact JSON (`/format_caption`); prompts are limited to {
 {LICENCE_NOTE} Read the licence on the model page before using results.
 
 ### API and MCP
-Public endpoints: `/generate`, `/validate_caption`, `/format_caption`, `/render_layout` — see "Use via API" in the
-footer, or call them with `gradio_client`. Start the app with `--mcp` to expose the same four functions as MCP tools
+Public endpoints: `/generate`, `/expand`, `/validate_caption`, `/format_caption`, `/render_layout` — see "Use via API" in the
+footer, or call them with `gradio_client`. Start the app with `--mcp` to expose the same five functions as MCP tools
 at `/gradio_api/mcp/` (not together with a login: see docs/app.md, "Who may do what").
 """
 
@@ -47,14 +48,15 @@ def build_demo(slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, policy: Policy 
     gr.set_static_paths([str(output_dir())])
     with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
         ui = Components(demo, limits)
+        expander = Expander()  # the prompt-expansion backend, from the environment (ui/expansion.py)
         gr.Markdown(f"# {TITLE}\nDraw boxes, describe them, generate. {LICENCE_NOTE}", elem_id="licence-note")
         with gr.Tab("Compose & generate"):
-            ComposeTab(slot, limits, policy).build(ui)
+            ComposeTab(slot, limits, policy, expander).build(ui)
         with gr.Tab("Model"):
-            ModelTab(slot, limits, policy).build(ui)
+            ModelTab(slot, limits, policy, expander).build(ui)
         with gr.Tab("Train"):
             TrainTab(slot, limits, policy).build(ui)
         with gr.Tab("About & licence"):
             gr.Markdown(ABOUT)
-        PublicApi(slot, limits).register()
+        PublicApi(slot, limits, expander).register()
     return demo

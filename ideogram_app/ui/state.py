@@ -8,8 +8,9 @@ with a message instead of editing or generating from an empty caption.
 
 The caption lives here as a plain dict in canonical shape (`Caption.to_dict()`), because while a
 user edits it may be temporarily invalid (an empty text element, a palette being built) and the
-verifier, not the editor, decides what is wrong. Undo/redo keep whole caption snapshots: captions
-are a few kB, and snapshots make every edit (canvas, inspector, JSON paste) undoable the same way.
+verifier, not the editor, decides what is wrong. Undo/redo keep whole snapshots (the caption and,
+in plain-text mode, the plain text): captions are a few kB, and snapshots make every edit (canvas,
+inspector, JSON paste, an expansion of a plain-text idea) undoable the same way.
 """
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ from dataclasses import dataclass, field
 from ideogram_app.pipeline.settings import GenerationSettings
 
 UNDO_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One step of the history: the caption, and the plain text when the state was in plain-text
+    mode (so undoing an edit that left plain-text mode brings the typed text back)."""
+
+    caption: dict
+    plain_text: str | None = None
 
 
 def empty_caption() -> dict:
@@ -34,8 +44,8 @@ class EditorState:
     background_image: str | None = None
     background_opacity: float = 0.5
     plain_text: str | None = None
-    undo_stack: list[dict] = field(default_factory=list)
-    redo_stack: list[dict] = field(default_factory=list)
+    undo_stack: list[Snapshot] = field(default_factory=list)
+    redo_stack: list[Snapshot] = field(default_factory=list)
     last_edit: str | None = None
     placeholder: bool = False  # True only in the app's initial gr.State value (see the module docstring)
 
@@ -55,21 +65,30 @@ def edited(state: EditorState, field_key: str | None = None) -> EditorState:
     step, so undo does not walk back keystroke by keystroke."""
     new = copy.deepcopy(state)
     if field_key is None or field_key != state.last_edit:
-        new.undo_stack = (new.undo_stack + [copy.deepcopy(state.caption)])[-UNDO_LIMIT:]
+        new.undo_stack = (new.undo_stack + [_snapshot(state)])[-UNDO_LIMIT:]
     new.redo_stack = []
     new.plain_text = None
     new.last_edit = field_key
     return new
 
 
+def _snapshot(state: EditorState) -> Snapshot:
+    return Snapshot(copy.deepcopy(state.caption), state.plain_text)
+
+
+def _restored(state: EditorState, snapshot: Snapshot) -> None:
+    state.caption = copy.deepcopy(snapshot.caption)
+    state.plain_text = snapshot.plain_text
+    state.last_edit = None
+    state.selected = clamp_selection(state.selected, len(state.elements))
+
+
 def undo(state: EditorState) -> EditorState:
     if not state.undo_stack:
         return state
     new = copy.deepcopy(state)
-    new.redo_stack.append(new.caption)
-    new.caption = new.undo_stack.pop()
-    new.last_edit = None
-    new.selected = clamp_selection(new.selected, len(new.elements))
+    new.redo_stack.append(_snapshot(new))
+    _restored(new, new.undo_stack.pop())
     return new
 
 
@@ -77,10 +96,8 @@ def redo(state: EditorState) -> EditorState:
     if not state.redo_stack:
         return state
     new = copy.deepcopy(state)
-    new.undo_stack.append(new.caption)
-    new.caption = new.redo_stack.pop()
-    new.last_edit = None
-    new.selected = clamp_selection(new.selected, len(new.elements))
+    new.undo_stack.append(_snapshot(new))
+    _restored(new, new.redo_stack.pop())
     return new
 
 

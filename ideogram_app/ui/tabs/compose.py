@@ -15,6 +15,11 @@ state.py) instead of editing or generating from an empty caption. Every input is
 work: text lengths in the wiring, the whole caption after each edit, sizes by the request model,
 uploads by uploads.py.
 
+"Expand" (next to the high-level description) asks the server's language model (expansion.py,
+set in the Model tab) for a whole caption: the description, or in plain-text mode the plain text,
+is the idea, and the current layout's elements are kept as they are. The result replaces the
+caption as one undoable step, and what the model's answer needed (repairs, warnings) is noted.
+
 The Generate panel's LoRA picker lists the server's LoRA folder; each run hands its selection to the
 GPU slot, where loras.py sets the shared pipeline to exactly it (see docs/app.md, "LoRAs in Generate").
 """
@@ -29,7 +34,9 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from ideogram_app.caption import list_templates, load_template, to_json
+from ideogram_app.caption import (CaptionFormatError, CaptionSyntaxError, PlainText, list_templates, load_template,
+                                  parse, to_json)
+from ideogram_app.expand import ExpandError
 from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.pipeline.metadata import NoImageMetadataError, read_image_metadata
 from ideogram_app.pipeline.sampling import GenerationCancelled
@@ -39,6 +46,7 @@ from ideogram_app.pipeline.sizes import ASPECT_PRESETS
 from .. import editor, views
 from ..canvas import LayoutCanvas
 from ..editor import MEDIUM_CHOICES, CanvasOpError, prompt_text
+from ..expansion import Expander, expansion_note
 from ..generation import (DEFAULTS, PRESET_BY_NAME, PRESET_LABELS, GenerationFailed, StopSignals, checked_size,
                           describe_problems, generate_images, settings_from_controls)
 from ..loras import (MAX_LORAS, PICKER, SCALE_MAX, SCALE_MIN, add_lora_file, checked_selection, picker_update,
@@ -48,7 +56,7 @@ from ..model_slot import ModelNotLoadedError, ModelSlot
 from ..policy import Policy
 from ..results import (describe_loras, gallery_items, is_browser_id, list_results, new_browser_id, output_dir,
                        overlay_for, owner_folder, result_details, results_dir, save_results, scratch_file)
-from ..state import EditorState
+from ..state import EditorState, empty_caption
 from ..uploads import CheckedImage, limit_pillow, read_text_upload, upload_name
 from ..views import ELEMENT_PALETTE_SLOTS, IMAGE_PALETTE_SLOTS
 from ..wiring import GLUE, GPU, Components, check_text, emits, inform, warn
@@ -112,10 +120,12 @@ def _named(handler, name: str):
 class ComposeTab:
     """Handlers bound to the process's model slot, the request limits and this tab's Stop signals."""
 
-    def __init__(self, slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, policy: Policy = Policy()):
+    def __init__(self, slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, policy: Policy = Policy(),
+                 expander: Expander | None = None):
         self.slot = slot
         self.limits = limits
-        self.policy = policy  # who may add files to the shared LoRA folder
+        self.policy = policy  # who may add files to the shared LoRA folder; who sees the expansion server's URL
+        self.expander = expander if expander is not None else Expander()
         self.stops = StopSignals()
 
     # ---- layout and wiring -------------------------------------------------------------------
@@ -174,7 +184,13 @@ class ComposeTab:
                                       for i, name in enumerate(EL_PICKERS)]
                     ui.add("issues_element", gr.Markdown())
                 with gr.Accordion("Scene", open=True):
-                    ui.add("hld", gr.Textbox(label="High-level description", lines=2, elem_id="scene-hld"))
+                    with gr.Row(equal_height=True):
+                        ui.add("hld", gr.Textbox(label="High-level description", lines=2, elem_id="scene-hld",
+                                                 scale=4))
+                        ui.add("expand", gr.Button("Expand", elem_id="expand-btn", scale=1, min_width=80))
+                    ui.add("expand_note", gr.Markdown(
+                        "Expand: a language model writes the whole caption from the description (or the "
+                        "plain-text prompt), keeping your elements.", elem_id="expand-note"))
                     ui.add("background", gr.Textbox(label="Background", lines=2, elem_id="scene-background"))
                     style_kind = gr.Radio(["none", "photo", "art"], value="none", label="Style block")
                     with gr.Column(visible=False) as style_box:
@@ -309,6 +325,9 @@ class ComposeTab:
         on([ui[name].input for name in palette_inputs[1:]], self.on_style_palette, palette_inputs,
            trigger_mode="always_last", **GLUE)
         on(ui["undo"].click, self.on_undo, ["state"], **GLUE)
+        # The GPU group: a local language model is not thread-safe and shares the GPU with generations.
+        on(ui["expand"].click, self.on_expand, ["state", "hld", "json"], api_visibility="private",
+           concurrency_id=GPU, concurrency_limit=1, show_progress_on=[ui["expand_note"]])
         on(ui["redo"].click, self.on_redo, ["state"], **GLUE)
         on([ui["template"].input, ui["load_template"].click], self.on_load_template, ["state", "template"], **GLUE)
         on(ui["import"].upload, self.on_import_file, ["state", "import"], **GLUE)
@@ -488,6 +507,33 @@ class ComposeTab:
         scene = views.scene_values(new)
         return {**self.editor_view(new, fields=False), "palette": scene["palette"],
                 "palette_count": scene["palette_count"]}
+
+    @emits(*EDITOR_VIEW, "expand_note")
+    def on_expand(self, state: EditorState, description: str, json_text: str, request: gr.Request = None) -> dict:
+        """The idea (the description field; in plain-text mode the plain text, as typed in the JSON
+        box) -> a caption from the server's language model, at the canvas's size, keeping the current
+        caption's elements. One undo step restores the previous layout (or plain text)."""
+        if state.plain_text is not None:
+            try:  # the box may hold text typed since the state's last update
+                typed = parse(json_text or "")
+            except (CaptionSyntaxError, CaptionFormatError):
+                typed = None
+            idea = typed.text if isinstance(typed, PlainText) and typed.text.strip() else state.plain_text
+            keep = None
+        else:
+            idea = description if (description or "").strip() else state.caption.get("high_level_description")
+            keep = state.caption if state.caption != empty_caption() else None
+        if not (idea or "").strip():
+            raise gr.Error("Write a short idea in High-level description first (or a plain-text prompt in the "
+                           "JSON box), then press Expand.")
+        try:
+            result = self.expander.expand(idea, state.width, state.height, keep=keep)
+        except ExpandError as err:
+            message = self.expander.message(err, detail=self.policy.is_operator(request))
+            raise gr.Error(f"Expand: {message}", duration=None) from None
+        note = expansion_note(result)
+        return {**self.editor_view(editor.load_caption(state, result.caption), status=""),
+                "expand_note": escape(note)}
 
     @emits(*EDITOR_VIEW)
     def on_undo(self, state: EditorState) -> dict:
