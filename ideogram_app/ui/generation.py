@@ -19,6 +19,7 @@ from ideogram_app.pipeline.sampling import PRESETS
 from ideogram_app.pipeline.settings import RANDOM_SEED, GenerationSettings, SettingsError
 
 from .loras import sync_loras
+from .runs import gpu_busy
 from .wiring import check_text, is_out_of_memory
 from .zerogpu import on_gpu
 
@@ -129,7 +130,12 @@ def generate_images(pipe, request, on_step: Callable[[int, int], None] | None = 
                     stop_event: threading.Event | None = None,
                     loras: Sequence[tuple[str, float]] = ()) -> list[Image.Image]:
     """`run_generation`, and after running out of memory, the memory handed back before the error
-    is reported, so the next request (smaller, or someone else's) can run."""
+    is reported, so the next request (smaller, or someone else's) can run. While a training run that
+    this app started holds the GPU lease (runs.py), generation is refused with the reason instead of
+    running out of memory beside it."""
+    busy = gpu_busy()
+    if busy:
+        raise GenerationFailed(busy)
     try:
         return run_generation(pipe, request, on_step=on_step, stop_event=stop_event, loras=loras)
     except Exception as err:

@@ -93,3 +93,28 @@ def test_stop_signals_are_per_session():
     assert a.is_set() and not b.is_set()
     signals.finish("a")
     assert not signals.stop("a")
+
+
+def test_generation_waits_while_a_training_run_holds_the_gpu(tiny_repos):
+    """A live process holding the lease (as a trainer the Train tab started would) makes Generate refuse
+    with the reason before the pipeline runs; once it ends, the same request generates."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
+    from ideogram_app.ui.generation import GenerationFailed, generate_images
+    from ideogram_app.ui.runs import LEASE
+
+    pipe = Ideogram4Pipeline.from_pretrained(str(tiny_repos["bf16"]), torch_dtype=torch.float32, memory="cpu")
+    request = pipe.prepare("a cat", GenerationSettings(width=80, height=64, num_inference_steps=1, seed=1))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        LEASE.take("style-run", holder)
+        with pytest.raises(GenerationFailed, match=r"A training run \(style-run\) is using the GPU"):
+            generate_images(pipe, request)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(generate_images(pipe, request)) == 1
