@@ -148,12 +148,17 @@ class PublicApi:
         """
         if not isinstance(idea, str):
             raise gr.Error(f"idea must be a string of text, got {JSON_TYPES.get(type(idea), 'another type')}")
+        if len(idea) > self.limits.max_caption_chars:
+            raise gr.Error(f"idea is {len(idea):,} characters long; at most {self.limits.max_caption_chars:,} are "
+                           "accepted")
         try:
-            self.limits.check_caption_chars(idea)
             size = checked_size(width, height, self.limits)
-        except ValueError as err:  # LimitError, SettingsError for the size
+        except ValueError as err:  # SettingsError
             raise gr.Error(str(err)) from None
-        kept = caption_or_error(keep, self.limits) if keep is not None and keep != "" else None
+        try:
+            kept = caption_or_error(keep, self.limits) if keep is not None and keep != "" else None
+        except gr.Error as err:
+            raise gr.Error(f"keep: {err.message}") from None
         try:
             result = self.expander.expand(idea, size.width, size.height, keep=kept)
         except ExpandError as err:

@@ -33,6 +33,8 @@ KIND_LABELS = {"openai": "OpenAI-compatible server", "local": "local causal LM f
 SERVER_TIMEOUT_S = 60.0  # per attempt; the call holds the GPU group, so less than the package's 120 s
 SERVER_RETRIES = 1
 NOTE_ITEMS = 3  # repairs and warnings listed by name in the note; the rest are counted
+# Repairs that only change how the JSON is written (to_json does them for any caption): not noted.
+LAYOUT_NEUTRAL = frozenset({"not_compact", "key_order", "unicode_escape", "color_case", "double_encoded"})
 NOT_SET_UP = ("Prompt expansion is not set up on this server: an operator sets a language model in the Model "
               "tab (Prompt expansion), or starts the app with IDEOGRAM_EXPAND_URL and IDEOGRAM_EXPAND_MODEL "
               "(docs/expand.md).")
@@ -144,11 +146,13 @@ class Expander:
 
 
 def expansion_note(result: Expansion) -> str:
-    """A short plain-text note on what the caption needed: its repairs and warnings, a few named."""
+    """A short plain-text note on what the model's answer needed: its repairs (those that change the
+    caption, not only its formatting) and warnings, a few named."""
     parts = [f"{len(result.caption.elements)} element(s)"]
     if result.attempts > 1:
         parts.append(f"answered twice (the first answer had {len(result.retried_for)} error(s))")
-    for what, items in (("repair", [f"{r.code} at {_short(r.path)}" for r in result.repairs]),
+    repairs = [r for r in result.repairs if r.code not in LAYOUT_NEUTRAL]
+    for what, items in (("repair", [f"{r.code} at {_short(r.path)}" for r in repairs]),
                         ("warning", [f"{w.code} at {_short(w.path)}" for w in result.warnings])):
         if items:
             listed = "; ".join(items[:NOTE_ITEMS]) + (f"; {len(items) - NOTE_ITEMS} more" if len(items) > NOTE_ITEMS

@@ -1,5 +1,5 @@
 """The public API of a really launched `python app.py --model <tiny repo>`, through gradio_client:
-all four endpoints, their bad inputs (clear errors, and the app keeps serving), and that the UI
+the endpoints (`/expand`'s own tests are in test_expand_server.py), their bad inputs (clear errors, and the app keeps serving), and that the UI
 glue events are not part of the API."""
 import hashlib
 import json
@@ -16,10 +16,10 @@ from ideogram_app.pipeline.metadata import read_image_metadata
 from tests.lora.loras import fused_truth, write_comfyui
 from tests.ui.gradio_protocol import call_api
 
-PUBLIC = {"/generate", "/validate_caption", "/format_caption", "/render_layout"}
+PUBLIC = {"/generate", "/expand", "/validate_caption", "/format_caption", "/render_layout"}
 
 
-def test_only_the_four_endpoints_are_public(client):
+def test_only_the_five_endpoints_are_public(client):
     api = client.view_api(print_info=False, return_format="dict")
     assert set(api["named_endpoints"]) == PUBLIC
     assert api["unnamed_endpoints"] == {}
@@ -137,7 +137,7 @@ def test_mcp_tools_are_the_public_endpoints(app_url):
     with urllib.request.urlopen(app_url + "gradio_api/mcp/schema", timeout=10) as response:
         tools = json.loads(response.read())
     names = {tool["name"] for tool in tools}
-    assert {"generate", "validate_caption", "format_caption", "render_layout"} <= names
+    assert {"generate", "expand", "validate_caption", "format_caption", "render_layout"} <= names
     assert not any(name.startswith("on_") for name in names)  # UI glue is not a tool
     generate = next(tool for tool in tools if tool["name"] == "generate")
     assert "bbox = [y_min, x_min, y_max, x_max]" in json.dumps(generate)

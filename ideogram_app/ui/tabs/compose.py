@@ -165,7 +165,7 @@ class ComposeTab:
                     ui.add("import", gr.UploadButton("Import caption / PNG", file_types=[".json", ".txt", ".png"],
                                                      type="filepath"))
                     ui.add("export", gr.Button("Export caption"))
-                    ui.add("undo", gr.Button("Undo"))
+                    ui.add("undo", gr.Button("Undo", elem_id="undo-btn"))
                     ui.add("redo", gr.Button("Redo"))
                 ui.add("export_file", gr.File(label="Exported caption", interactive=False, visible=False))
             with gr.Column(scale=2):
