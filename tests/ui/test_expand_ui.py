@@ -201,3 +201,17 @@ def test_a_local_folder_goes_through_the_model_source_allow_list(expander, tmp_p
     visitor = model_tab(expander, VISITOR).on_page_load("fp8 (official, ~27 GB)", "x", "full", 1024, 1024, None)
     assert escape("local causal LM folder lm,") in visitor["expand_status"]  # the name, not the path
     assert escape(str(allowed)) not in visitor["expand_status"] and visitor["expand_model"]["value"] == ""
+
+
+def test_an_operator_switches_to_a_local_model_folder_and_expand_uses_it(tmp_path):
+    """The tiny random-weight LM of tests/expand: whatever it picks, the grammar makes a clean caption."""
+    from tests.expand.tiny_lm import write_tiny_lm
+
+    expander = Expander(ExpandSettings())
+    model_tab(expander).on_expand_settings("local", "", str(write_tiny_lm(tmp_path)), "", None)
+    state = editor.apply_canvas_op(with_idea("a fox"), {"op": "draw", "kind": "obj", "rect": [0, 0, 300, 300],
+                                                        "size": [1000, 1000]})
+    state = editor.set_element_field(state, "desc", "A sleeping fox")
+    out = compose(expander).on_expand(state, "a fox", "")
+    assert verify(out["state"].caption) == [] and state.elements[0] in out["state"].elements
+    assert editor.undo(out["state"]).caption == state.caption
