@@ -43,13 +43,15 @@ from ideogram_app.caption import PlainText, parse, to_json, verify
 from ideogram_app.caption.issues import CaptionFormatError, CaptionSyntaxError
 from ideogram_app.limits import DEFAULT_LIMITS, LimitError, Limits
 from ideogram_app.train.config import SETTINGS, Setting, config_from_values
-from ideogram_app.train.data import IMAGE_SUFFIXES
+from ideogram_app.train.data import IMAGE_SUFFIXES, DataError, metadata_rows
 
 from .results import output_dir, owner_folder
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 LAUNCH_FILE, LOG_FILE = "launch.json", "train.log"
 CAPTION_SUFFIXES = (".json", ".txt")
+METADATA_SUFFIXES = (".csv", ".jsonl")  # DiffSynth metadata files (a .json one is a JSON list, a caption is an object)
+FINAL = "final"  # the run's own LoRA file, as opposed to a checkpoint's
 MAX_DATASET_FILES = 500  # images (and sidecars) in one upload or zip
 MAX_ZIP_BYTES = 512 * 2**20  # uncompressed total of one zip
 METRICS_CHUNK = 1 << 20  # most bytes of metrics.jsonl read per poll (a bounded tail on the first read)
@@ -119,7 +121,8 @@ def dataset_images(folder: Path) -> list[Path]:
 def _safe_member_name(name: str) -> str | None:
     """A zip member or upload name reduced to a plain file name in the dataset, or None to skip it."""
     base = Path(name.replace("\\", "/")).name
-    if not base or base.startswith(".") or Path(base).suffix.lower() not in (*IMAGE_SUFFIXES, *CAPTION_SUFFIXES):
+    if not base or base.startswith(".") or Path(base).suffix.lower() not in (*IMAGE_SUFFIXES, *CAPTION_SUFFIXES,
+                                                                             *METADATA_SUFFIXES):
         return None
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(base).stem)[:80] or "image"
     return stem + Path(base).suffix.lower()
@@ -139,8 +142,11 @@ def _check_image_bytes(name: str, data: bytes, limits: Limits) -> None:
 def import_files(folder: Path, uploads: list[tuple[str, Path]], limits: Limits = DEFAULT_LIMITS) -> list[str]:
     """Copy uploaded files (images, caption sidecars, zips of them) into dataset `folder`; -> the
     names written. Everything is checked before anything is written: sizes (each file and the zip's
-    uncompressed total), counts, image headers. Names are flattened into the folder."""
+    uncompressed total), counts, image headers. Names are flattened into the folder. DiffSynth
+    metadata files among them (.csv, .jsonl, or a .json holding a list) are not copied: their
+    prompts become the sidecar captions of the images they name (`import_metadata`)."""
     entries: dict[str, bytes] = {}
+    metadata: dict[str, bytes] = {}
 
     def add(name: str, data: bytes) -> None:
         safe = _safe_member_name(name)
@@ -153,6 +159,9 @@ def import_files(folder: Path, uploads: list[tuple[str, Path]], limits: Limits =
         limits.check_upload_bytes(name, len(data))
         if Path(safe).suffix in IMAGE_SUFFIXES:
             _check_image_bytes(name, data, limits)
+        if Path(safe).suffix in METADATA_SUFFIXES or (Path(safe).suffix == ".json" and data.lstrip()[:1] == b"["):
+            metadata[safe] = data
+            return
         entries[safe] = data
 
     for shown, path in uploads:
@@ -176,17 +185,62 @@ def import_files(folder: Path, uploads: list[tuple[str, Path]], limits: Limits =
                 raise TrainFilesError(f"{shown} is not a zip file that can be read") from None
         else:
             if _safe_member_name(shown) is None:
-                raise TrainFilesError(f"{shown}: only images ({', '.join(IMAGE_SUFFIXES)}), .json/.txt captions "
-                                      "and .zip files of them can be added to a dataset")
+                raise TrainFilesError(f"{shown}: only images ({', '.join(IMAGE_SUFFIXES)}), .json/.txt captions, "
+                                      ".csv/.jsonl/.json metadata files and .zip files of them can be added to a dataset")
             add(shown, Path(path).read_bytes())
-    if not any(Path(n).suffix in IMAGE_SUFFIXES for n in entries):
+    if not any(Path(n).suffix in IMAGE_SUFFIXES for n in entries) and not (metadata and dataset_images(folder)):
         raise TrainFilesError("the upload holds no images")
     for name, data in entries.items():
         target = folder / name
         temporary = target.with_name(f".{name}.{uuid.uuid4().hex[:6]}.tmp")
         temporary.write_bytes(data)
         os.replace(temporary, target)
-    return sorted(entries)
+    for name, data in metadata.items():
+        import_metadata(folder, name, data)
+    return sorted([*entries, *metadata])
+
+
+def import_metadata(folder: Path, name: str, data: bytes) -> int:
+    """Write the prompts of DiffSynth metadata file `name` (its bytes: `data`) as the sidecar captions
+    of the dataset's images; -> how many. It is read by the trainer's own reader (train/data.py:
+    the `image` column, a `prompt` column of text or caption objects), so a file the trainer would
+    refuse is refused here with the same messages. Image paths are matched by file name, as uploads
+    are flattened into the folder; a row naming an image the dataset lacks, or a prompt that is not
+    a valid caption, refuses the whole file before any sidecar is written."""
+    scratch = folder / f".{uuid.uuid4().hex[:8]}-{name}"
+    scratch.write_bytes(data)
+    try:
+        rows = metadata_rows(scratch, folder, ["image"])
+    except DataError as err:
+        raise TrainFilesError(f"{name}: " + "; ".join(p.replace(scratch.name, name) for p in err.problems)[:2000]) from None
+    finally:
+        scratch.unlink(missing_ok=True)
+    if len(rows) > MAX_DATASET_FILES:
+        raise LimitError(f"{name} has {len(rows)} rows; at most {MAX_DATASET_FILES} are imported at once")
+    images = {p.name: p for p in dataset_images(folder)}
+    plan, problems = [], []
+    for row in rows:
+        label = row.label.replace(scratch.name, name)
+        image = images.get(_safe_member_name(row.image.name) or "")
+        if image is None:
+            problems.append(f"{label}: no image {row.image.name!r} in the dataset")
+            continue
+        prompt = json.dumps(row.prompt, ensure_ascii=False) if isinstance(row.prompt, dict) else row.prompt
+        if not isinstance(prompt, str):
+            problems.append(f"{label}: 'prompt' must be text or a caption object, got {type(row.prompt).__name__}")
+            continue
+        try:
+            parse(prompt)
+        except (CaptionSyntaxError, CaptionFormatError) as err:
+            problems.append(f"{label}: {err}")
+            continue
+        plan.append((image, prompt))
+    if problems:
+        raise TrainFilesError(f"{name}: " + "; ".join(problems[:10]) + (f" (and {len(problems) - 10} more)"
+                                                                         if len(problems) > 10 else ""))
+    for image, prompt in plan:
+        write_caption(image, prompt)
+    return len(plan)
 
 
 def create_dataset(owner: str, name: str | None, uploads: list[tuple[str, Path]], limits: Limits = DEFAULT_LIMITS) -> Path:
@@ -670,3 +724,119 @@ class RunManager:
             return []
         found = sorted(root.glob("step-*/*.png"))
         return [(str(p), f"{p.parent.name} · {p.stem}") for p in found[-limit:]]
+
+
+# ----- using a run's LoRA -----------------------------------------------------------------------
+
+def lora_choices(info: RunInfo) -> list[str]:
+    """Which LoRAs of a run can be used: FINAL (the run's own file) when written, then every saved
+    checkpoint's, newest first."""
+    steps = [name for name in reversed(info.checkpoints)
+             if (info.folder / "checkpoints" / name / "lora.safetensors").is_file()]
+    return ([FINAL] if info.lora is not None else []) + steps
+
+
+def lora_source(info: RunInfo, choice: str | None) -> tuple[Path, str]:
+    """The LoRA file of `choice` (FINAL, a checkpoint name, or None: the final file, else the newest
+    checkpoint's) and a file name for it in Generate's folder (`<run>-step<N>`)."""
+    choices = lora_choices(info)
+    if not choices:
+        raise TrainFilesError(f"run {info.name} has no LoRA yet (it is written when the run finishes or stops, "
+                              "and with each checkpoint)")
+    choice = choice or choices[0]
+    if choice not in choices:
+        raise TrainFilesError(f"run {info.name} has no LoRA {choice!r}; it has {', '.join(choices)}")
+    if choice == FINAL:
+        return info.lora, f"{info.name}-step{info.step}"
+    return info.folder / "checkpoints" / choice / "lora.safetensors", f"{info.name}-{choice.replace('-', '')}"
+
+
+def diffusers_export(source: Path, file_name: str, targets: dict[str, tuple[int, int]]) -> Path:
+    """`source` (the trainer's ComfyUI-layout file) rewritten in diffusers' layout into a scratch
+    file (results.scratch_file: pruned after minutes, Gradio copies it at once); the reader checks it
+    against `targets` first, so what is exported is what Generate would load."""
+    from ideogram_app.lora.formats import read_lora
+    from ideogram_app.lora.write import write_diffusers
+
+    from .results import scratch_file
+
+    lora = read_lora(source, targets)
+    steps = lora.metadata.get("steps", "")
+    return write_diffusers(scratch_file(f"{file_name}-diffusers.safetensors"), lora.modules,
+                           base_model=lora.metadata.get("base_model"), steps=int(steps) if steps.isdigit() else None)
+
+
+def native_download(source: Path, file_name: str) -> Path:
+    """A scratch copy of the run's LoRA file under a name that says which run and step it is."""
+    from .results import scratch_file
+
+    target = scratch_file(f"{file_name}.safetensors")
+    shutil.copyfile(source, target)
+    return target
+
+
+# ----- memory / time estimate -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Measured:
+    """One measured training step (docs/training.md, "Memory"; benchmarks/RESULTS.md, "Training on
+    one and two GPUs"): one H200, released DiT, 1024² (4096 image tokens), batch 1, LoRA rank 32."""
+
+    fp8: bool
+    checkpointing: bool
+    offload: bool
+    s_per_step: float
+    peak_gib: float  # peak reserved
+
+
+MEASURED = (
+    Measured(False, False, False, 0.522, 54.49),
+    Measured(False, True, False, 0.724, 21.00),
+    Measured(True, True, False, 0.915, 12.63),
+    Measured(True, True, True, 0.965, 11.73),
+)
+MEASURED_PIXELS = 1024 * 1024
+DDP_SPEEDUP_2 = 1.95  # two processes against one, LoRA, same benchmark
+
+
+def detected_gpu() -> tuple[str, float] | None:
+    """(name, total GiB) of the first CUDA device, or None on a machine without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return props.name, props.total_memory / 2**30
+
+
+def estimate_line(values: dict[str, Any], gpu: tuple[str, float] | None) -> str:
+    """A one-line memory/time estimate for settings `values` on `gpu` (detected_gpu()), from the
+    nearest measured configuration; said as measured, not predicted, for other sizes."""
+    if gpu is None:
+        return "CPU: tiny models only (the released model needs a CUDA GPU; see docs/training.md, \"Memory\")."
+    fp8 = "dit" in str(values.get("fp8_models") or "")
+    checkpointing = bool(values.get("use_gradient_checkpointing"))
+    offload = bool(values.get("use_gradient_checkpointing_offload")) and checkpointing
+    candidates = [m for m in MEASURED if m.fp8 == fp8 and m.checkpointing == checkpointing and m.offload == offload]
+    name, total = gpu
+    if not candidates:
+        return (f"{name} ({total:.0f} GiB): no measurement for this combination (an fp8 DiT was measured with "
+                "gradient checkpointing only); see docs/training.md.")
+    row = candidates[0]
+    try:
+        steps = int(values.get("max_steps") or 0)
+        pixels = int(values.get("max_pixels") or MEASURED_PIXELS)
+        batch = int(values.get("batch_size") or 1)
+    except (TypeError, ValueError):
+        steps, pixels, batch = 0, MEASURED_PIXELS, 1
+    fits = "fits" if row.peak_gib < total * 0.95 else "does NOT fit"
+    scaled = row.s_per_step * batch * max(pixels, 1) / MEASURED_PIXELS
+    line = (f"{name} ({total:.0f} GiB): about {row.peak_gib:.1f} GiB peak — {fits}; {row.s_per_step:.2f} s/step "
+            f"(measured at 1024², batch 1, rank 32 on an H200)")
+    if steps:
+        line += f"; {steps} steps ≈ {_minutes(steps * scaled)} at your size and batch (time scales with pixels)"
+    return line + "."
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"

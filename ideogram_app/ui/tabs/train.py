@@ -36,6 +36,7 @@ from ideogram_app.train.data import bucket_size
 
 from .. import editor, runs, views
 from ..canvas import LayoutCanvas
+from ..loras import MAX_LORAS, PICKER, SCALE_MAX, SCALE_MIN, add_lora_file, checked_scale, model_targets
 from ..editor import CanvasOpError, prompt_text
 from ..markup import code, escape
 from ..model_slot import ModelSlot
@@ -44,6 +45,7 @@ from ..runs import RunManager, TrainFilesError
 from ..state import EditorState
 from ..uploads import upload_name
 from ..wiring import GLUE, Components, emits, inform, warn
+from .compose import LORA_SCALES, ComposeTab
 
 PRESETS: dict[str, dict[str, Any]] = {
     "style LoRA": {"lora_rank": 32, "lora_alpha": 32, "learning_rate": 1e-4, "max_steps": 2000,
@@ -69,12 +71,15 @@ TRIGGER_FIELDS = ("high_level_description", "compositional_deconstruction.backgr
 STATUS_LABEL = {runs.MISSING: "missing", runs.PLAIN: "plain text", runs.ERRORS: "verifier errors", runs.CLEAN: "clean"}
 PLOT_POINTS = 2000  # the loss plot keeps the newest points
 CONTROLS = ("tr_upload", "tr_create", "tr_datasets", "tr_open", "tr_save", "tr_copy_all", "tr_start", "tr_stop",
-            "tr_resume", "tr_delete", "tr_runs", "tr_use")
+            "tr_resume", "tr_delete", "tr_runs", "tr_use", "tr_use_ckpt", "tr_use_scale", "tr_download",
+            "tr_download_diffusers")
 EDIT_VIEW = ("tr_editor", "tr_canvas", "tr_json", "tr_caption_note", "tr_el_text", "tr_el_desc", "tr_hld",
              "tr_background")
 DATASET_VIEW = ("tr_dataset", "tr_images", "tr_grid", "tr_dataset_note", "tr_val_prompts", "tr_datasets")
 WATCH_VIEW = ("tr_runs", "tr_runs_table", "tr_command", "tr_progress", "tr_plot", "tr_rate", "tr_val_gallery",
-              "tr_log", "tr_timer", "tr_cursor")
+              "tr_log", "tr_timer", "tr_cursor", "tr_use_ckpt")
+# What the estimate line reads: the MAIN controls, the fp8 checkbox and the offload flag.
+OFFLOAD = "use_gradient_checkpointing_offload"
 RUN_COLUMNS = ["run", "status", "steps", "final loss", "LoRA", "message"]
 
 
@@ -91,6 +96,7 @@ class TrainTab:
         self.manager = manager or RunManager()
         self.dataset_roots = dataset_roots
         self.generate_picker = False
+        self.gpu = runs.detected_gpu()  # once: the estimate line is for the machine the app runs on
 
     # ---- layout and wiring -------------------------------------------------------------------
 
@@ -170,6 +176,7 @@ class TrainTab:
                             component = gr.Textbox("", label=label, info=setting.help,
                                                    placeholder="" if setting.default is None else str(setting.default))
                         ui.add(_advanced_name(setting.name), component)
+                ui.add("tr_estimate", gr.Markdown(elem_id="train-estimate"))
                 with gr.Row():
                     ui.add("tr_start", gr.Button("Start", variant="primary", interactive=False, elem_id="train-start"))
                     ui.add("tr_stop", gr.Button("Stop", variant="stop", interactive=False, elem_id="train-stop"))
@@ -189,8 +196,17 @@ class TrainTab:
                 ui.add("tr_log", gr.Textbox(label="Log (tail)", lines=8, max_lines=8, interactive=False,
                                             autoscroll=True, elem_id="train-log"))
                 with gr.Row():
+                    ui.add("tr_use_ckpt", gr.Dropdown([], value=None, label="LoRA to use (final or a checkpoint)",
+                                                      interactive=False, elem_id="train-use-ckpt"))
+                    ui.add("tr_use_scale", gr.Slider(SCALE_MIN, SCALE_MAX, value=1.0, step=0.05, label="Scale in Generate",
+                                                     interactive=False, elem_id="train-use-scale"))
+                with gr.Row():
                     ui.add("tr_use", gr.Button("Use in Generate", interactive=False, visible=self.generate_picker,
                                                elem_id="train-use"))
+                    ui.add("tr_download", gr.Button("Download LoRA", interactive=False, elem_id="train-download"))
+                    ui.add("tr_download_diffusers", gr.Button("Download diffusers export", interactive=False,
+                                                              elem_id="train-download-diffusers"))
+                ui.add("tr_download_file", gr.File(label="Download", interactive=False, elem_id="train-download-file"))
                 ui.add("tr_use_note", gr.Markdown(elem_id="train-use-note"))
         ui.add("tr_timer", gr.Timer(1.0, active=False))
         self._wire(ui)
@@ -225,7 +241,12 @@ class TrainTab:
         ui.on(ui["tr_timer"].tick, self.on_watch_tick, ["tr_runs", "tr_cursor"], api_visibility="private",
               show_progress="hidden", concurrency_id="train-watch", concurrency_limit=8)
         if self.generate_picker:
-            ui.on(ui["tr_use"].click, self.on_use_in_generate, ["tr_runs", "lora_pick"], **private)
+            ui.on(ui["tr_use"].click, self.on_use_in_generate,
+                  ["tr_runs", "tr_use_ckpt", "tr_use_scale", PICKER, "lora_shown", *LORA_SCALES], **private)
+        ui.on(ui["tr_download"].click, self.on_download_lora, ["tr_runs", "tr_use_ckpt"], **private)
+        ui.on(ui["tr_download_diffusers"].click, self.on_download_diffusers, ["tr_runs", "tr_use_ckpt"], **private)
+        estimate_inputs = [*(name for name, _, _ in MAIN), "tr_fp8", _advanced_name(OFFLOAD)]
+        ui.on([ui[name].change for name in estimate_inputs], self.on_estimate, estimate_inputs, **GLUE)
 
     # ---- policy ------------------------------------------------------------------------------
 
@@ -237,9 +258,9 @@ class TrainTab:
             raise gr.Error(str(err), duration=None) from None
         return runs.owner_of(getattr(request, "username", None))
 
-    @emits("tr_policy", "tr_model", "tr_datasets", "tr_runs", "tr_runs_table", *CONTROLS)
+    @emits("tr_policy", "tr_model", "tr_datasets", "tr_runs", "tr_runs_table", "tr_estimate", *CONTROLS)
     def on_page_load(self, request: gr.Request) -> dict:
-        if not self.policy.is_operator(request):
+        if self.policy.refusal(request, TRAIN) is not None:
             return {"tr_policy": f"**Training is not available to you.** {escape(self.policy.refusal(request, TRAIN))}",
                     **{name: gr.update(interactive=False) for name in CONTROLS}}
         owner = runs.owner_of(getattr(request, "username", None))
@@ -248,6 +269,8 @@ class TrainTab:
                              "your training folder and listed again after a restart.",
                 "tr_model": loaded.source if loaded else "",
                 "tr_datasets": gr.update(choices=runs.list_datasets(owner, self.dataset_roots), interactive=True),
+                "tr_estimate": self.on_estimate(*(PRESETS["quick test"][s] for _, s, _ in MAIN), False,
+                                                False)["tr_estimate"],
                 **self._runs_list(owner), **{name: gr.update(interactive=True) for name in CONTROLS}}
 
     # ---- dataset -----------------------------------------------------------------------------
@@ -409,6 +432,14 @@ class TrainTab:
 
     # ---- run settings ------------------------------------------------------------------------
 
+    @emits("tr_estimate")
+    def on_estimate(self, *values: Any) -> dict:
+        """The memory/time line for the MAIN controls, fp8 and offload (`values`, in that order)."""
+        settings = {setting: value for (_, setting, _), value in zip(MAIN, values)}
+        settings["fp8_models"] = "dit" if values[len(MAIN)] else None
+        settings[OFFLOAD] = bool(values[len(MAIN) + 1])
+        return {"tr_estimate": "**Estimate:** " + escape(runs.estimate_line(settings, self.gpu))}
+
     @emits(*(name for name, _, _ in MAIN))
     def on_preset(self, preset: str) -> dict:
         values = PRESETS.get(preset)
@@ -476,6 +507,10 @@ class TrainTab:
                "tr_rate": rate_markdown(last), "tr_log": self.manager.log_tail(folder),
                "tr_val_gallery": self.manager.validation_images(folder),
                "tr_timer": gr.update(active=info.alive)}
+        choices = runs.lora_choices(info)
+        if not previous or previous.get("choices") != choices:  # the dropdown follows new checkpoints only
+            out["tr_use_ckpt"] = gr.update(choices=choices, value=choices[0] if choices else None)
+        out["tr_cursor"]["choices"] = choices
         if rows or reset or previous is None:
             out["tr_plot"] = pd.DataFrame(points or [], columns=["step", "loss"])
         return out
@@ -570,27 +605,52 @@ class TrainTab:
             out.update(self._runs_list(owner, name))  # the table follows status changes, not every step
         return out
 
-    @emits("tr_use_note", "lora_pick")
-    def on_use_in_generate(self, name: str | None, selected: list[str] | None, request: gr.Request) -> dict:
-        """Copy the run's LoRA (the final file, or the newest checkpoint's) into Generate's LoRA
-        folder and select it in Generate's picker."""
-        from ..loras import add_lora_file, picker_update
-
+    def _lora(self, request: gr.Request, name: str | None, checkpoint: str | None) -> tuple[Path, str]:
+        """The chosen LoRA file of the caller's run and its name for Generate and downloads."""
         owner = self._owner(request)
-        folder = self._run(owner, name)
-        info = self.manager.info(folder)
-        source = info.lora or (folder / "checkpoints" / info.checkpoints[-1] / "lora.safetensors"
-                               if info.checkpoints else None)
-        if source is None or not source.is_file():
-            raise gr.Error(f"Run {folder.name} has no LoRA yet (it is written when the run finishes or stops).")
-        file_name = re.sub(r"[^A-Za-z0-9_-]", "_", f"{folder.name}-step{info.step}")
+        info = self.manager.info(self._run(owner, name))
+        try:
+            return runs.lora_source(info, checkpoint)
+        except TrainFilesError as err:
+            raise gr.Error(str(err)) from None
+
+    @emits("tr_use_note", PICKER, "lora_shown", "lora_scales")
+    def on_use_in_generate(self, request: gr.Request, name: str | None, checkpoint: str | None, scale: float | None,
+                           selected: list[str] | None, shown: list[str] | None, *scales: float) -> dict:
+        """Copy the chosen LoRA of the run (the final file, or a checkpoint's) into Generate's LoRA
+        folder and select it in Generate's picker at `scale`; the LoRAs already selected there keep
+        their scales (`shown` and `scales`: Generate's sliders; the request comes first, as in
+        on_start_run, because Gradio passes it by position before a variable argument list)."""
+        source, file_name = self._lora(request, name, checkpoint)
+        scale = checked_scale(1.0 if scale is None else scale, "Scale in Generate")
         loaded = self.slot.loaded
         try:
-            added = add_lora_file(source, file_name, pipe=loaded.pipe if loaded else None)
+            added = add_lora_file(source, re.sub(r"[^A-Za-z0-9_-]", "_", file_name),
+                                  pipe=loaded.pipe if loaded else None)
         except Exception as err:  # noqa: BLE001 — the LoRA reader's refusals name the file
             raise gr.Error(f"Not added: {err}", duration=None) from None
-        return {"tr_use_note": f"Added {code(added)} to Generate's LoRAs and selected it there.",
-                "lora_pick": picker_update(list(selected or []) + [added])}
+        kept = [(n, float(s)) for n, s in zip(shown or [], scales) if n in (selected or []) and n != added]
+        selection = (kept + [(added, scale)])[-MAX_LORAS:]
+        return {"tr_use_note": f"Added {code(added)} to Generate's LoRAs and selected it there at ×{scale:g}.",
+                **ComposeTab.lora_view(selection)}
+
+    @emits("tr_download_file", "tr_use_note")
+    def on_download_lora(self, name: str | None, checkpoint: str | None, request: gr.Request) -> dict:
+        """The run's LoRA file as the trainer wrote it (ComfyUI layout), as a scratch copy."""
+        source, file_name = self._lora(request, name, checkpoint)
+        return {"tr_download_file": str(runs.native_download(source, file_name)),
+                "tr_use_note": f"{code(file_name + '.safetensors')}: ComfyUI layout, as Generate loads it."}
+
+    @emits("tr_download_file", "tr_use_note")
+    def on_download_diffusers(self, name: str | None, checkpoint: str | None, request: gr.Request) -> dict:
+        """The run's LoRA rewritten in diffusers' layout (split q/k/v, alpha in the PEFT config)."""
+        source, file_name = self._lora(request, name, checkpoint)
+        loaded = self.slot.loaded
+        try:
+            path = runs.diffusers_export(source, file_name, model_targets(loaded.pipe if loaded else None))
+        except Exception as err:  # noqa: BLE001 — the LoRA reader's refusals name the file
+            raise gr.Error(f"Not exported: {err}", duration=None) from None
+        return {"tr_download_file": str(path), "tr_use_note": f"{code(path.name)}: diffusers layout."}
 
 
 # ---- plain helpers ------------------------------------------------------------------------------

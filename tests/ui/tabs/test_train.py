@@ -2,6 +2,7 @@
 its policy on a really launched `--auth` server called by event index, as a hostile page would."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -11,10 +12,17 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+import torch
+from safetensors import safe_open
 from PIL import Image
 
 from ideogram_app.caption import verify
-from ideogram_app.ui import runs
+from ideogram_app.lora.formats import read_lora
+from ideogram_app.pipeline.metadata import read_image_metadata
+from ideogram_app.ui.loras import model_targets
+from ideogram_app.ui import editor, runs
+from ideogram_app.ui.results import new_browser_id
+from ideogram_app.ui.tabs.compose import ComposeTab
 from ideogram_app.ui.app import build_demo
 from ideogram_app.ui.policy import Policy
 from ideogram_app.ui.tabs.train import ADVANCED, MAIN, PRESETS, TrainTab
@@ -106,9 +114,41 @@ def test_caption_copy_train_and_use_in_generate(tab, tiny_repo, tmp_path):
     assert table.loc[0, "status"] == "finished" and table.loc[0, "LoRA"] == "lora.safetensors"
     assert len(ended["tr_val_gallery"]) == 2
 
-    used = tab.on_use_in_generate(name, [], LOCAL)
+    assert tab.on_run_select(name, LOCAL)["tr_use_ckpt"]["choices"][0] == runs.FINAL
+    used = tab.on_use_in_generate(LOCAL, name, runs.FINAL, 0.6, [], [])
     (added,) = used["lora_pick"]["value"]
     assert (tmp_path / "loras" / added).is_file() and added in used["lora_pick"]["choices"]
+    assert used["lora_shown"] == [added] and used["lora_scales"] == [(added, 0.6)]
+
+    # Generate with the picked LoRA at the preselected scale: the PNG records the run's file and sha256
+    compose = ComposeTab(tab.slot)
+    out = compose.on_generate(editor.restore(Path(images[0]).with_suffix(".json").read_text(encoding="utf-8")),
+                              new_browser_id(), preset="Turbo · 12 steps", width=80, height=64, seed=3,
+                              randomize=False, num_images=1, input_image=None, strength=1.0,
+                              lora_pick=used["lora_pick"]["value"], lora_scale_0=used["lora_scales"][0][1],
+                              request=None, progress=lambda *a, **k: None)
+    final = tab.manager.info(Path(started["tr_cursor"]["folder"])).lora
+    with Image.open(out["results"][-1]["path"]) as made:  # read back from the PNG file on disk
+        rows = read_image_metadata(made)["settings"]["loras"]
+    assert [(r["file"], r["sha256"], r["scale"]) for r in rows] == \
+        [(added, hashlib.sha256(final.read_bytes()).hexdigest(), 0.6)]
+
+    # downloads: the native file as written, and a diffusers export holding the same weights
+    native = Path(tab.on_download_lora(name, runs.FINAL, LOCAL)["tr_download_file"])
+    assert native.read_bytes() == final.read_bytes() and native.name == f"{name}-step5.safetensors"
+    exported = Path(tab.on_download_diffusers(name, runs.FINAL, LOCAL)["tr_download_file"])
+    with safe_open(exported, "pt") as handle:
+        keys = list(handle.keys())
+        assert "lora_adapter_metadata" in handle.metadata()
+    assert keys and all(k.startswith("transformer.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
+    targets = model_targets(tab.slot.loaded.pipe)
+    ours, theirs = read_lora(final, targets).modules, read_lora(exported, targets).modules
+    assert set(ours) == set(theirs)
+    for key, module in ours.items():  # the same delta weight: scale · up @ down (hand-written)
+        delta = lambda m: m.up.double() @ m.down.double() * (m.alpha / m.rank)
+        torch.testing.assert_close(delta(theirs[key]), delta(module))
+    with pytest.raises(gr.Error, match="has no LoRA 'step-9'"):
+        tab.on_download_lora(name, "step-9", LOCAL)
 
 
 def test_a_corrupt_image_fails_with_the_trainer_message(tab, tiny_repo, tmp_path):
