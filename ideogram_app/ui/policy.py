@@ -9,6 +9,11 @@ from how the app was started (docs/app.md, "Who may do what"):
   `--share` link and not a Hugging Face Space, so the only people who can reach the app are the
   users of this machine. A LAN address, a share link or a Space without logins has no operator.
 
+Training is further off on a Space and behind a `--share` link unless the app was started with
+`--allow-training`: a public address makes a mistake there (a run left going, a dataset of someone
+else's images on the server's disk) far more costly, so it needs the operator to opt in explicitly.
+Under `--auth` the operators are still only the `--admin` users.
+
 Every event that loads, unloads, lists server folders or reads a model folder asks `require`
 (or `is_operator`) with its `gr.Request`; hiding a button is only the visible half, because the
 browser's private events can be called by anyone who has the page. Model sources come from an
@@ -66,6 +71,7 @@ class Policy:
     admins: frozenset[str] = frozenset()
     models_dirs: tuple[Path, ...] = ()
     allow_hub: bool | None = None  # None: allowed only in the local default
+    allow_training: bool = False  # training on a Space or behind --share (off without it)
 
     @classmethod
     def from_options(cls, options: ServeOptions, environ: Mapping[str, str] = os.environ) -> Policy:
@@ -73,7 +79,7 @@ class Policy:
         return cls(host=options.host, share=options.share, space=bool(environ.get("SPACE_ID")),
                    auth=bool(options.auth), admins=frozenset(options.admins),
                    models_dirs=tuple(Path(os.path.abspath(os.path.expanduser(d))) for d in options.models_dirs),
-                   allow_hub=options.allow_hub)
+                   allow_hub=options.allow_hub, allow_training=options.allow_training)
 
     # ----- who is an operator -------------------------------------------------------------------
 
@@ -97,6 +103,11 @@ class Policy:
         """Whether anyone at all may change the model (False: the panel is read-only for all)."""
         return bool(self.admins) if self.auth else self.local
 
+    @property
+    def training_allowed(self) -> bool:
+        """Whether operators may train at all: not on a Space or behind --share unless --allow-training."""
+        return self.allow_training or not (self.share or self.space)
+
     def is_operator(self, request: Any) -> bool:
         """Whether the sender of `request` (a gr.Request, None outside a server) is an operator."""
         if self.auth:
@@ -107,9 +118,11 @@ class Policy:
         """Why the sender of `request` may not do `action` (one of ACTIONS), or None if they may."""
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}; the policy knows {', '.join(ACTIONS)}")
-        if self.is_operator(request):
-            return None
-        return f"Only an operator may {action} here: {self.reason(request)}"
+        if not self.is_operator(request):
+            return f"Only an operator may {action} here: {self.reason(request)}"
+        if action == TRAIN and not self.training_allowed:
+            return f"Training is off on this server: {self._training_off()}"
+        return None
 
     def require(self, request: Any, action: str = CHANGE_MODEL) -> None:
         """Raise NotAllowedError unless the sender of `request` may do `action`."""
@@ -131,7 +144,15 @@ class Policy:
             return []
         if not self.any_operator:
             return [f"Model switching and training are disabled for everyone: {self._nobody_is_operator()}"]
+        if not self.training_allowed:
+            return [f"Operators (may load or unload models): {', '.join(sorted(self.admins))}.",
+                    f"Training is off: {self._training_off()}"]
         return [f"Operators (may load or unload models and train): {', '.join(sorted(self.admins))}."]
+
+    def _training_off(self) -> str:
+        where = "it runs as a Hugging Face Space" if self.space else "it is shared through a public link (--share)"
+        return (f"{where}, and training is off there unless the app is started with --allow-training "
+                "(env IDEOGRAM_ALLOW_TRAINING=1).")
 
     def _nobody_is_operator(self) -> str:
         name_one = "Start it with --auth USER:PASSWORD --admin USER to name an operator."

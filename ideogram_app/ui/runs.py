@@ -212,7 +212,7 @@ def import_metadata(folder: Path, name: str, data: bytes) -> int:
     try:
         rows = metadata_rows(scratch, folder, ["image"])
     except DataError as err:
-        raise TrainFilesError(f"{name}: " + "; ".join(p.replace(scratch.name, name) for p in err.problems)[:2000]) from None
+        raise TrainFilesError("; ".join(p.replace(scratch.name, name) for p in err.problems)[:2000]) from None
     finally:
         scratch.unlink(missing_ok=True)
     if len(rows) > MAX_DATASET_FILES:
@@ -236,7 +236,7 @@ def import_metadata(folder: Path, name: str, data: bytes) -> int:
             continue
         plan.append((image, prompt))
     if problems:
-        raise TrainFilesError(f"{name}: " + "; ".join(problems[:10]) + (f" (and {len(problems) - 10} more)"
+        raise TrainFilesError("; ".join(problems[:10]) + (f" (and {len(problems) - 10} more)"
                                                                          if len(problems) > 10 else ""))
     for image, prompt in plan:
         write_caption(image, prompt)
@@ -779,8 +779,9 @@ def native_download(source: Path, file_name: str) -> Path:
 
 @dataclass(frozen=True)
 class Measured:
-    """One measured training step (docs/training.md, "Memory"; benchmarks/RESULTS.md, "Training on
-    one and two GPUs"): one H200, released DiT, 1024² (4096 image tokens), batch 1, LoRA rank 32."""
+    """One measured training step, from benchmarks/RESULTS.md, "Training on one and two GPUs"
+    (2026-11-30; what the memory flags do: docs/training.md, "Memory"): one H200, released DiT, 1024²
+    (4096 image tokens), 512 text tokens, batch 1, LoRA rank 32; peak reserved memory, median s/step."""
 
     fp8: bool
     checkpointing: bool
@@ -796,7 +797,6 @@ MEASURED = (
     Measured(True, True, True, 0.965, 11.73),
 )
 MEASURED_PIXELS = 1024 * 1024
-DDP_SPEEDUP_2 = 1.95  # two processes against one, LoRA, same benchmark
 
 
 def detected_gpu() -> tuple[str, float] | None:
@@ -813,7 +813,7 @@ def estimate_line(values: dict[str, Any], gpu: tuple[str, float] | None) -> str:
     """A one-line memory/time estimate for settings `values` on `gpu` (detected_gpu()), from the
     nearest measured configuration; said as measured, not predicted, for other sizes."""
     if gpu is None:
-        return "CPU: tiny models only (the released model needs a CUDA GPU; see docs/training.md, \"Memory\")."
+        return "CPU: tiny models only (the released model needs a CUDA GPU)."
     fp8 = "dit" in str(values.get("fp8_models") or "")
     checkpointing = bool(values.get("use_gradient_checkpointing"))
     offload = bool(values.get("use_gradient_checkpointing_offload")) and checkpointing

@@ -38,6 +38,7 @@ class ServeOptions:
     admins: tuple[str, ...] = ()
     models_dirs: tuple[str, ...] = ()
     allow_hub: bool | None = None  # None: the policy's default (allowed only in the local default)
+    allow_training: bool = False  # training on a Space or behind --share (policy.py)
     mcp: bool = False
     queue_size: int = DEFAULT_QUEUE_SIZE
     max_side: int = DEFAULT_LIMITS.max_side
@@ -86,6 +87,10 @@ def parse_options(argv: list[str] | None = None, environ: Mapping[str, str] = os
     parser.add_argument("--allow-hub", action=argparse.BooleanOptionalAction, default=None,
                         help="whether operators may load Hub ids (default: only in the local default; "
                              "env IDEOGRAM_ALLOW_HUB=1/0)")
+    parser.add_argument("--allow-training", action="store_true",
+                        default=bool(_env_flag(environ, "IDEOGRAM_ALLOW_TRAINING")),
+                        help="let operators train on a Space or behind --share, where training is off by default "
+                             "(env IDEOGRAM_ALLOW_TRAINING=1); under --auth only --admin users train")
     parser.add_argument("--mcp", action="store_true", default=bool(_env_flag(environ, "GRADIO_MCP_SERVER")),
                         help="also serve the public endpoints as MCP tools; not with --auth (env GRADIO_MCP_SERVER=1)")
     parser.add_argument("--queue-size", type=int, default=int(environ.get("IDEOGRAM_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)),
@@ -105,7 +110,8 @@ def parse_options(argv: list[str] | None = None, environ: Mapping[str, str] = os
         d for d in environ.get("IDEOGRAM_MODELS_DIRS", "").split(os.pathsep) if d.strip())
     allow_hub = args.allow_hub if args.allow_hub is not None else _env_flag(environ, "IDEOGRAM_ALLOW_HUB")
     options = ServeOptions(model=args.model, memory=args.memory, host=args.host, port=args.port, share=args.share,
-                           auth=auth, admins=admins, models_dirs=models_dirs, allow_hub=allow_hub, mcp=args.mcp,
+                           auth=auth, admins=admins, models_dirs=models_dirs, allow_hub=allow_hub,
+                           allow_training=args.allow_training, mcp=args.mcp,
                            queue_size=args.queue_size, max_side=args.max_side)
     problem = check_options(options)
     if problem:

@@ -60,8 +60,42 @@ def test_who_is_an_operator(argv, environ, operators, hub):
         request = gr.Request(username=user)
         assert policy.is_operator(request) is allowed, user
         assert (policy.refusal(request, CHANGE_MODEL) is None) is allowed
-        assert (policy.refusal(request, TRAIN) is None) is allowed  # the Train tab asks the same policy
+        # the Train tab asks the same policy, and training is also off on a Space or behind --share
+        assert (policy.refusal(request, TRAIN) is None) is (allowed and "--share" not in argv)
     assert policy.hub_allowed is hub
+
+
+@pytest.mark.parametrize("argv, environ, trainers", [
+    ([], {}, {None: True}),  # the local default: the machine's users train
+    (["--auth", "ann:pw", "--auth", "root:pw", "--admin", "root", "--host", "0.0.0.0"], {},
+     {"ann": False, "root": True}),  # a LAN server with logins: the admins, no flag needed
+    (["--share", "--auth", "ann:pw", "--auth", "root:pw", "--admin", "root"], {}, {"ann": False, "root": False}),
+    (["--share", "--auth", "ann:pw", "--auth", "root:pw", "--admin", "root", "--allow-training"], {},
+     {"ann": False, "root": True}),  # the flag lets the admins train, never anyone else
+    (["--share", "--allow-training"], {}, {None: False, "ann": False}),  # no logins behind a link: nobody
+    (["--auth", "root:pw", "--admin", "root"], {"SPACE_ID": "a/b"}, {"root": False}),
+    (["--auth", "root:pw", "--admin", "root"], {"SPACE_ID": "a/b", "IDEOGRAM_ALLOW_TRAINING": "1"}, {"root": True}),
+    ([], {"SPACE_ID": "a/b", "IDEOGRAM_ALLOW_TRAINING": "1"}, {None: False}),  # a Space without logins: nobody
+])
+def test_who_may_train(argv, environ, trainers):
+    policy = Policy.from_options(parse_options(argv, environ=environ), environ=environ)
+    for user, allowed in trainers.items():
+        request = gr.Request(username=user)
+        assert (policy.refusal(request, TRAIN) is None) is allowed, user
+        assert policy.is_operator(request) is (user == "root" or (user is None and policy.local_operator))
+
+
+def test_training_off_says_how_to_turn_it_on():
+    shared = policy_of(["--share", "--auth", "root:pw", "--admin", "root"])
+    with pytest.raises(NotAllowedError, match=r"^Training is off on this server: it is shared through a public link "
+                                              r"\(--share\), .* unless the app is started with --allow-training "
+                                              r"\(env IDEOGRAM_ALLOW_TRAINING=1\)\.$"):
+        shared.require(ROOT, TRAIN)
+    shared.require(ROOT, CHANGE_MODEL)  # model switching is unchanged for the admin
+    assert shared.startup_notes()[1].startswith("Training is off: it is shared through a public link")
+    space = Policy.from_options(parse_options(["--auth", "root:pw", "--admin", "root"], environ={}),
+                                environ={"SPACE_ID": "a/b"})
+    assert "it runs as a Hugging Face Space" in space.refusal(ROOT, TRAIN)
 
 
 def test_refusals_and_console_notes_say_why():

@@ -191,3 +191,58 @@ def test_metrics_are_read_in_bounded_chunks(tmp_path):
     path.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")  # a resumed run dropped rows: start over
     rows, cursor, reset = runs.read_new_metrics(tmp_path, cursor, chunk=4096)
     assert reset and [r["step"] for r in rows] == [1]
+
+
+def test_diffsynth_metadata_files_become_sidecar_captions(tmp_path):
+    images = uploads(tmp_path)
+    csv_file = tmp_path / "metadata.csv"
+    csv_file.write_text('image,prompt\nsub/photo 0.png,"a photo, of noise"\nphoto 1.png,' +
+                        '"' + json.dumps(CAPTION).replace('"', '""') + '"\n', encoding="utf-8")
+    folder = runs.create_dataset("local", "meta", [*images, ("metadata.csv", csv_file)])
+    assert not (folder / "metadata.csv").exists()  # read, not copied (the trainer reads the folder's sidecars)
+    first, second, third = runs.dataset_images(folder)
+    assert first.with_suffix(".txt").read_text(encoding="utf-8") == "a photo, of noise"
+    text = second.with_suffix(".json").read_text(encoding="utf-8")
+    assert verify(text) == [] and json.loads(text) == CAPTION  # a caption object, written canonical
+    assert runs.caption_status(third).status == runs.MISSING
+
+    # a .jsonl and a .json list, added to the existing dataset; a .json object stays a caption sidecar
+    lines = tmp_path / "more.jsonl"
+    lines.write_text(json.dumps({"image": "photo_2.png", "prompt": CAPTION}) + "\n", encoding="utf-8")
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps([{"image": "photo 0.png", "prompt": "replaced"}]), encoding="utf-8")
+    assert runs.import_files(folder, [("more.jsonl", lines), ("list.json", listed)]) == ["list.json", "more.jsonl"]
+    assert runs.caption_status(third).status == runs.CLEAN
+    assert first.with_suffix(".txt").read_text(encoding="utf-8") == "replaced"
+
+    # refusals name the file and row, and write nothing
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"image": "photo_1.png", "prompt": "fine"}) + "\n" +
+                   json.dumps({"image": "nope.png", "prompt": "x"}) + "\n", encoding="utf-8")
+    with pytest.raises(runs.TrainFilesError, match=r"^bad.jsonl line 2 \(nope.png\): no image 'nope.png'"):
+        runs.import_files(folder, [("bad.jsonl", bad)])
+    assert runs.caption_status(second).status == runs.CLEAN  # row 1 was not written either
+    columns = tmp_path / "cols.csv"
+    columns.write_text("file,text\na.png,x\n", encoding="utf-8")
+    with pytest.raises(runs.TrainFilesError, match=r"^cols.csv: lacks an image column .* and a 'prompt' column"):
+        runs.import_files(folder, [("cols.csv", columns)])
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"image": "photo_1.png", "prompt": '{"high_level_description": '}) + "\n")
+    with pytest.raises(runs.TrainFilesError, match=r"broken.jsonl line 1 \(photo_1.png\): "):
+        runs.import_files(folder, [("broken.jsonl", broken)])
+
+
+def test_the_estimate_line_reads_the_measured_table():
+    h200 = ("NVIDIA H200", 139.8)
+    quick = {"max_steps": 1000, "max_pixels": 1024 * 1024, "batch_size": 1}
+    # benchmarks/RESULTS.md, "Training on one and two GPUs": bf16 + checkpointing 0.724 s/step, 21.00 GiB
+    line = runs.estimate_line({**quick, "use_gradient_checkpointing": True}, h200)
+    assert line == ("NVIDIA H200 (140 GiB): about 21.0 GiB peak — fits; 0.72 s/step (measured at 1024², batch 1, "
+                    "rank 32 on an H200); 1000 steps ≈ 12 min at your size and batch (time scales with pixels).")
+    fp8 = {**quick, "use_gradient_checkpointing": True, "fp8_models": "dit", "use_gradient_checkpointing_offload": True}
+    assert "about 11.7 GiB peak — fits; 0.96 s/step" in runs.estimate_line(fp8, ("RTX 4080", 16.0))
+    assert "about 54.5 GiB peak — does NOT fit" in runs.estimate_line(quick, ("RTX 4090", 24.0))
+    half = runs.estimate_line({**quick, "use_gradient_checkpointing": True, "max_pixels": 512 * 512}, h200)
+    assert "1000 steps ≈ 3 min" in half  # 0.724 s × 1000 / 4 = 181 s
+    assert "no measurement" in runs.estimate_line({**quick, "fp8_models": "dit"}, h200)
+    assert runs.estimate_line(quick, None).startswith("CPU: tiny models only")

@@ -29,6 +29,7 @@ def test_flags(tmp_path):
                                    auth=(("ann", "s3:cret"), ("bob", "pw")), admins=("bob",),
                                    models_dirs=(str(tmp_path),), allow_hub=False, queue_size=5)
     assert parse_options(["--mcp"], environ={}).mcp is True
+    assert parse_options(["--allow-training"], environ={}).allow_training is True
 
 
 def test_environment_equivalents_and_flags_win(tmp_path):
@@ -44,6 +45,8 @@ def test_environment_equivalents_and_flags_win(tmp_path):
                           environ=env)
     assert (flags.port, flags.auth, flags.admins, flags.allow_hub) == (9100, (("v", "q"),), ("v",), False)
     assert parse_options([], environ={"GRADIO_MCP_SERVER": "true"}).mcp is True
+    assert parse_options([], environ={"IDEOGRAM_ALLOW_TRAINING": "1"}).allow_training is True
+    assert parse_options([], environ={"IDEOGRAM_ALLOW_TRAINING": "0"}).allow_training is False
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -113,9 +113,10 @@ class TrainTab:
         gr.Markdown("## 1. Dataset")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2):
-                ui.add("tr_upload", gr.File(label="Images, captions (.json/.txt) or a .zip of them", file_count="multiple",
+                ui.add("tr_upload", gr.File(label="Images, captions (.json/.txt), DiffSynth metadata (.csv/.jsonl/.json) "
+                                                  "or a .zip of them", file_count="multiple",
                                             type="filepath", interactive=False, elem_id="train-upload",
-                                            file_types=["image", ".zip", ".json", ".txt"]))
+                                            file_types=["image", ".zip", ".json", ".txt", ".csv", ".jsonl"]))
                 with gr.Row():
                     ui.add("tr_dataset_name", gr.Textbox(label="New dataset name (optional)", scale=2))
                     ui.add("tr_create", gr.Button("New dataset from the upload", interactive=False, scale=1,
@@ -592,7 +593,7 @@ class TrainTab:
     def on_watch_tick(self, name: str | None, cursor: dict | None, request: gr.Request) -> dict:
         """The timer's poll: new metrics only; the runs table is refreshed when the status changes
         and when the run has ended (then the timer stops)."""
-        if not name or not self.policy.is_operator(request):
+        if not name or self.policy.refusal(request, TRAIN) is not None:
             return {"tr_timer": gr.update(active=False)}
         owner = runs.owner_of(getattr(request, "username", None))
         try:

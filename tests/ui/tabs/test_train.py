@@ -179,6 +179,16 @@ def test_refusals_name_what_is_wrong(tab, tiny_repo, tmp_path):
         TrainTab(tab.slot, policy=Policy(host="0.0.0.0")).on_create_dataset(files, None, LOCAL)
     shared = TrainTab(tab.slot, policy=Policy(auth=True, admins=frozenset({"root"}), models_dirs=(tiny_repo.parent,)))
     root = gr.Request(username="root")
+    quick = [PRESETS["quick test"][setting] for _, setting, _ in MAIN]
+    assert "CPU: tiny models only" in unescape(tab.on_estimate(*quick, False, False)["tr_estimate"])  # no CUDA here
+    assert "CPU: tiny models only" in unescape(tab.on_page_load(LOCAL)["tr_estimate"])
+    linked = Policy(share=True, auth=True, admins=frozenset({"root"}))  # behind --share: off without --allow-training
+    with pytest.raises(gr.Error, match="Training is off on this server: .* --allow-training"):
+        TrainTab(tab.slot, policy=linked).on_create_dataset(files, None, root)
+    assert "Training is not available to you" in TrainTab(tab.slot, policy=linked).on_page_load(root)["tr_policy"]
+    assert "/user-root/datasets/" in TrainTab(tab.slot, policy=Policy(share=True, auth=True, admins=frozenset({"root"}),
+                                                                     allow_training=True)).on_create_dataset(
+        files, "linked", root)["tr_dataset"]
     with pytest.raises(gr.Error, match="is not one of your datasets"):  # run and dataset folders are per user
         shared.on_start_run(root, *start_controls(dataset, str(tiny_repo), 4))
     own = shared.on_create_dataset(files, "one", root)["tr_dataset"]
