@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -119,8 +120,11 @@ def save_checkpoint(run, step: int, epoch: int, step_in_epoch: int) -> Path:
     acc = run.accelerator
     final = step_folder(run.output, step)
     temporary = final.with_name(f".{final.name}.tmp")
-    model_state = get_model_state_dict(run.model, options=FULL)
-    optimizer_state = get_optimizer_state_dict(run.model, _inner(run.optimizer), options=FULL)
+    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+    # ZeRO-2 keeps whole weights in the plain module; its optimiser state is DeepSpeed's, partitioned per
+    # process, and is not written (such checkpoints cannot be resumed: docs/training.md).
+    model_state = None if run.lora else get_model_state_dict(run.dit if deepspeed else run.model, options=FULL)
+    optimizer_state = None if deepspeed else get_optimizer_state_dict(run.model, _inner(run.optimizer), options=FULL)
     if acc.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
@@ -132,7 +136,8 @@ def save_checkpoint(run, step: int, epoch: int, step_in_epoch: int) -> Path:
             write_native(temporary / LORA_FILE, trained_modules(run.dit, run.alpha), base_model=run.model_name, steps=step)
         else:
             write_transformer(temporary, model_state, run.dit)
-        torch.save(optimizer_state, temporary / "optimizer.pt")
+        if optimizer_state is not None:
+            torch.save(optimizer_state, temporary / "optimizer.pt")
         write_json_atomic(temporary / "state.json", {
             "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "world_size": acc.num_processes,
             "scheduler": run.scheduler.state_dict(), "settings": {k: run.settings[k] for k in FIXED_ON_RESUME},
@@ -159,6 +164,9 @@ def load_checkpoint(run, folder: Path) -> dict[str, Any]:
     if per_step != now:
         raise ValueError(f"--resume {folder}: made with processes x --gradient_accumulation_steps = {per_step} batches per "
                          f"optimiser step, now {now}; the data order would not continue")
+    if not (folder / "optimizer.pt").is_file():
+        raise ValueError(f"--resume {folder}: no optimizer.pt (a DeepSpeed run's checkpoint); it cannot continue exactly. "
+                         "Start a new run with --lora_checkpoint (LoRA) or --model pointing at its transformer/")
     if run.lora:
         load_trained(run.dit, load_file(folder / LORA_FILE))
     else:
@@ -177,7 +185,8 @@ def write_outputs(run, step: int, trigger: str | None) -> list[Path]:
     fine-tune is gathered first); the main process writes."""
     output = Path(run.output)
     written = []
-    state = None if run.lora else get_model_state_dict(run.model, options=FULL)
+    deepspeed = run.accelerator.distributed_type == DistributedType.DEEPSPEED
+    state = None if run.lora else get_model_state_dict(run.dit if deepspeed else run.model, options=FULL)
     if not run.accelerator.is_main_process:
         return written
     if run.lora:

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from ideogram_app.loading.text_encoder import load_text_encoder
 from ideogram_app.loading.vae import load_vae
 from ideogram_app.model.fp8 import Fp8Linear
 from ideogram_app.model.ideogram4_dit import Ideogram4DiT
+from ideogram_app.model.nf4 import require_nf4_support
 from ideogram_app.model.prompt_tokenizer import PromptTokenizer
 from ideogram_app.pipeline.hub import ModelSourceError
 from ideogram_app.pipeline.model_config import ComponentPaths, ModelConfig, components_from_configs, components_from_model
@@ -95,6 +97,28 @@ def resolve_components(c: TrainConfig) -> ComponentPaths:
     return components_from_configs(configs, tokenizer)
 
 
+def dit_is_nf4(path: Path) -> bool:
+    """Whether the transformer checkpoint holds bitsandbytes NF4 weights (read from the headers only)."""
+    return any(key.endswith(".quant_state.bitsandbytes__nf4") for key in read_headers(resolve_safetensors(path, "transformer")))
+
+
+def check_nf4_base(c: TrainConfig, path: Path) -> None:
+    """An NF4 checkpoint is a frozen LoRA base on a CUDA device with bitsandbytes; anything else is named
+    before a file is written (docs/training.md, "LoRA on an NF4 base")."""
+    if not dit_is_nf4(path):
+        return
+    where = f"the transformer {path}"
+    if not is_lora(c):
+        raise InputError(f"{where} holds NF4 weights, which cannot be trained; a full fine-tune (--trainable_models dit) "
+                         "needs the bf16 checkpoint (an NF4 base takes a LoRA: --lora_base_model dit)")
+    if "dit" in {fp8_role(m) for m in split_list(c.fp8_models)}:
+        raise InputError(f"--fp8_models dit: {where} is already quantised (NF4); leave dit out of --fp8_models")
+    try:
+        require_nf4_support(torch.device("cuda" if torch.cuda.is_available() else "cpu"), where)
+    except RuntimeError as err:
+        raise InputError(str(err)) from None
+
+
 def dit_shape_model(path: Path) -> nn.Module:
     """The DiT's module tree on the meta device (no weights read), to check LoRA targets early."""
     files = resolve_safetensors(path, "transformer")
@@ -127,6 +151,7 @@ def check_inputs(c: TrainConfig, world: int) -> Inputs:
     """Everything that can be checked without loading weights; raises InputError (one message)."""
     try:
         paths = resolve_components(c)
+        check_nf4_base(c, paths.transformer)
         targets = adapters.select_targets(dit_shape_model(paths.transformer), c.lora_target_modules) if is_lora(c) else []
         tokenizer = PromptTokenizer(paths.tokenizer)
         dataset = load_dataset(c, tokenizer.count)
@@ -299,6 +324,8 @@ def prepare_model(run: Run, total_steps: int) -> None:
         # DDP neither broadcasts nor buckets the frozen base: only the trained tensors are its business.
         frozen = [n for n, p in dit.named_parameters() if not p.requires_grad] + [n for n, _ in dit.named_buffers()]
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(dit, frozen)
+    if _deepspeed(acc):
+        configure_deepspeed(run)
     run.model, run.optimizer = acc.prepare(dit, optimizer)
     if _fsdp(acc):
         run.params = list(run.model.parameters())
@@ -336,6 +363,38 @@ def make_batch(run: Run, items: list[tuple[int, int]], epoch: int):
     return batch.to(run.accelerator.device)
 
 
+def _deepspeed(accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def deepspeed_requested() -> bool:
+    """`accelerate launch` with a DeepSpeed config (DiffSynth's full/accelerate_config.yaml, or ours)
+    tells the processes through this variable; it is read before Accelerate would import deepspeed."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
+
+
+def configure_deepspeed(run: Run) -> None:
+    """Fill the DeepSpeed settings this trainer owns (the launcher's config leaves them to it or sets
+    DiffSynth's values): the micro-batch, the accumulation (the engine divides the loss by it and steps
+    at the last micro-step), clipping, and permission for our optimisers (DeepSpeed only vouches for
+    its own and torch's Adam). ZeRO stage 3 partitions the weights, which this trainer reads whole
+    (adapter export, validation, caches), so only stages 0-2 run (docs/training.md, "Several processes
+    and GPUs")."""
+    c, acc = run.config, run.accelerator
+    plugin = acc.state.deepspeed_plugin
+    if plugin.zero_stage not in (0, 1, 2):
+        raise InputError(f"the DeepSpeed config asks for ZeRO stage {plugin.zero_stage}; this trainer runs stages 0-2 (DiffSynth's "
+                         "config is stage 2); for sharded weights use ideogram_app/train/accelerate_configs/fsdp_full.yaml")
+    config = plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = c.batch_size
+    config["gradient_accumulation_steps"] = c.gradient_accumulation_steps
+    config["train_batch_size"] = c.batch_size * c.gradient_accumulation_steps * acc.num_processes
+    config["gradient_clipping"] = c.max_grad_norm
+    config["zero_allow_untested_optimizer"] = True
+    for precision in ("fp16", "bf16"):  # weights keep --dtype; the engine must not cast them (no autocast either)
+        config[precision] = {"enabled": False}
+
+
 def micro_step(run: Run, batch, scale: float) -> torch.Tensor:
     """Forward and backward of one batch; the loss is scaled by 1/accumulation for the gradient."""
     loss = flow_matching_loss(run.model, run.dit, batch)
@@ -349,10 +408,19 @@ def optimizer_step(run: Run, next_batch, accumulation: int) -> tuple[float, floa
     gradient norm before clipping, the learning rate the step used). Collective."""
     acc = run.accelerator
     losses = []
-    for a in range(accumulation):
-        with acc.no_sync(run.model) if a < accumulation - 1 else nullcontext():
-            losses.append(micro_step(run, next_batch(a), 1.0 / accumulation))
-    grad_norm = acc.clip_grad_norm_(run.params, run.config.max_grad_norm or math.inf)
+    if _deepspeed(acc):
+        # The engine divides the loss by the accumulation itself and clips and steps inside the last
+        # micro-step's backward; the optimizer.step() below is Accelerate's no-op wrapper then.
+        for a in range(accumulation):
+            acc.gradient_state._set_sync_gradients(a == accumulation - 1)
+            losses.append(micro_step(run, next_batch(a), 1.0))
+        grad_norm = acc.clip_grad_norm_(run.params, run.config.max_grad_norm or math.inf)
+        grad_norm = math.nan if grad_norm is None else grad_norm
+    else:
+        for a in range(accumulation):
+            with acc.no_sync(run.model) if a < accumulation - 1 else nullcontext():
+                losses.append(micro_step(run, next_batch(a), 1.0 / accumulation))
+        grad_norm = acc.clip_grad_norm_(run.params, run.config.max_grad_norm or math.inf)
     lr = run.scheduler.get_last_lr()[0]
     run.optimizer.step()
     run.scheduler.step()
@@ -475,6 +543,11 @@ def make_accelerator(c: TrainConfig) -> Accelerator:
 
 def run_training(c: TrainConfig, warnings: list[str]) -> int:
     """The whole run; exit status 0 (finished / stopped), 1 (failed during the run), 2 (bad input)."""
+    if deepspeed_requested() and importlib.util.find_spec("deepspeed") is None:
+        print("error: the accelerate config selects DeepSpeed (distributed_type: DEEPSPEED), but deepspeed is not installed "
+              "in this environment: pip install deepspeed, or launch with ideogram_app/train/accelerate_configs/ddp_lora.yaml "
+              "(LoRA) or fsdp_full.yaml (full fine-tune)", file=sys.stderr, flush=True)
+        return 2
     accelerator = make_accelerator(c)
     asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if asked != "no":
@@ -486,9 +559,10 @@ def run_training(c: TrainConfig, warnings: list[str]) -> int:
         if _fsdp(accelerator) and c.validation_prompts:
             raise InputError("--validation_prompts: samples during an FSDP run are not supported yet; sample the "
                              "written transformer/ afterwards with the generate CLI")
-        if accelerator.distributed_type == DistributedType.DEEPSPEED:
-            raise InputError("DeepSpeed configs are not supported yet; use ideogram_app/train/accelerate_configs/fsdp_full.yaml "
-                             "for a full fine-tune on several GPUs")
+        if _deepspeed(accelerator) and c.resume is not None:
+            raise InputError("--resume: checkpoints of a DeepSpeed run hold the trained weights but not DeepSpeed's partitioned "
+                             "optimiser state, so they cannot continue exactly; resume under ddp_lora.yaml / fsdp_full.yaml "
+                             "runs, or start again with --lora_checkpoint")
         inputs = check_inputs(c, accelerator.num_processes)
     except InputError as err:
         say(accelerator, f"error: {err}")
