@@ -116,6 +116,26 @@ def test_caption_train_stop_resume_restart(browser, train_server, tiny_repo, tmp
         table = page.locator("#train-runs-table").inner_text()
         assert "finished" in table and "lora.safetensors" in table and "150/150" in table
         screenshot(page, "train-after-restart")
+        # Use: the final LoRA at a chosen scale lands in Generate's picker with that scale; downloads
+        page.locator("#train-runs input").click()
+        page.get_by_role("option", name="browser-run").click()
+        page.keyboard.press("Escape")
+        page.wait_for_function("() => document.querySelector('#train-use-ckpt input')?.value === 'final'")
+        scale = page.locator("#train-use-scale input[type=number]")
+        scale.fill("0.7")
+        scale.press("Tab")
+        page.locator("#train-use").click()
+        page.wait_for_function("() => (document.querySelector('#train-use-note') || {}).innerText?.includes('Added')")
+        assert "browser-run-step150.safetensors" in page.locator("#train-use-note").inner_text()
+        page.locator("#train-download").click()
+        page.wait_for_function("() => (document.querySelector('#train-use-note') || {}).innerText?.includes('ComfyUI')")
+        screenshot(page, "train-use")
+        page.wait_for_function("() => (document.querySelector('#train-download-file') || {}).innerHTML"
+                               "?.includes('browser-run-step150.safetensors')")
+        page.get_by_role("tab", name="Compose & generate").click()
+        page.locator("#lora-scale-0").wait_for(state="visible")
+        assert "browser-run-step150.safetensors scale" in page.locator("#lora-scale-0").inner_text()
+        assert page.locator("#lora-scale-0 input[type=number]").input_value() == "0.7"
         context.close()
     finally:
         stop_app(restarted.proc)

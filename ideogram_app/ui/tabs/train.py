@@ -266,13 +266,15 @@ class TrainTab:
                     **{name: gr.update(interactive=False) for name in CONTROLS}}
         owner = runs.owner_of(getattr(request, "username", None))
         loaded = self.slot.loaded
+        listed = self._runs_list(owner)  # after the controls' updates, so the runs' choices are kept
+        listed["tr_runs"]["interactive"] = True
         return {"tr_policy": "Upload images, caption them on the canvas, then start a LoRA run. Runs are kept in "
                              "your training folder and listed again after a restart.",
                 "tr_model": loaded.source if loaded else "",
                 "tr_datasets": gr.update(choices=runs.list_datasets(owner, self.dataset_roots), interactive=True),
                 "tr_estimate": self.on_estimate(*(PRESETS["quick test"][s] for _, s, _ in MAIN), False,
                                                 False)["tr_estimate"],
-                **self._runs_list(owner), **{name: gr.update(interactive=True) for name in CONTROLS}}
+                **{name: gr.update(interactive=True) for name in CONTROLS}, **listed}
 
     # ---- dataset -----------------------------------------------------------------------------
 
