@@ -114,7 +114,13 @@ def test_caption_copy_train_and_use_in_generate(tab, tiny_repo, tmp_path):
     assert table.loc[0, "status"] == "finished" and table.loc[0, "LoRA"] == "lora.safetensors"
     assert len(ended["tr_val_gallery"]) == 2
 
-    assert tab.on_run_select(name, LOCAL)["tr_use_ckpt"]["choices"][0] == runs.FINAL
+    choices = tab.on_run_select(name, LOCAL)["tr_use_ckpt"]["choices"]
+    assert choices[0] == runs.FINAL and choices[1:] and all(c.startswith("step-") for c in choices[1:])
+    checkpoint = tab.on_use_in_generate(LOCAL, name, choices[-1], 1.0, [], [])  # a saved step's LoRA, not the final
+    (from_step,) = checkpoint["lora_pick"]["value"]
+    assert from_step == f"{name}-{choices[-1].replace('-', '')}.safetensors"
+    assert (tmp_path / "loras" / from_step).read_bytes() == \
+        (Path(started["tr_cursor"]["folder"]) / "checkpoints" / choices[-1] / "lora.safetensors").read_bytes()
     used = tab.on_use_in_generate(LOCAL, name, runs.FINAL, 0.6, [], [])
     (added,) = used["lora_pick"]["value"]
     assert (tmp_path / "loras" / added).is_file() and added in used["lora_pick"]["choices"]
