@@ -15,6 +15,10 @@ and nothing else, and a run outlives an app restart; the runs list is read from 
 (`run.json`, written by the trainer, and `launch.json`), so it survives one too. Stop is SIGTERM:
 the trainer finishes its step, writes a checkpoint and its LoRA and marks the run `stopped`.
 
+Using a run: `lora_choices`/`lora_source` pick the final LoRA or a checkpoint's, `native_download` and
+`diffusers_export` write scratch copies for download. `estimate_line` turns the measured training steps
+(`MEASURED`) into the Train tab's memory/time line.
+
 One GPU lease: while a run this process started is alive, `gpu_busy()` says so, for Generate to
 refuse with that message before it touches the pipeline (training and generation together would
 run the GPU out of memory without saying why).
