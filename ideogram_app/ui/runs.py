@@ -401,11 +401,97 @@ def _flag_text(setting: Setting, value: Any) -> str:
     return str(value)
 
 
-def shown_command(argv: list[str]) -> str:
-    """The command line for people to copy (`python` instead of the interpreter's full path)."""
+def shown_command(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """The command line for people to copy (`python` instead of the interpreter's full path), with
+    the environment the app sets for the run (`CUDA_VISIBLE_DEVICES` for one chosen GPU) in front."""
     import shlex
 
-    return shlex.join(["python", *argv[1:]])
+    prefix = [f"{name}={shlex.quote(value)}" for name, value in (env or {}).items()]
+    return " ".join([*prefix, shlex.join(["python", *argv[1:]])])
+
+
+# ----- GPUs and base variants -------------------------------------------------------------------
+
+ACCELERATE_CONFIGS = PACKAGE_ROOT / "ideogram_app" / "train" / "accelerate_configs"
+BASE_VARIANTS = ("bf16", "fp8", "nf4")
+
+
+def gpu_count() -> int:
+    """CUDA devices this process sees (0 without CUDA): the ids a run may be given."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_gpus(ids: Any, detected: int) -> list[int]:
+    """The chosen GPU ids as sorted ints, each checked against the `detected` count on the server
+    (a page's event can be called with any value, so the choice list is no guarantee)."""
+    chosen = []
+    for raw in ids or []:
+        text = str(raw).strip()
+        if not text.isdigit() or int(text) >= detected:
+            where = f"ids 0-{detected - 1}" if detected else "none (no CUDA device)"
+            raise TrainFilesError(f"GPU {raw!r} is not a GPU of this machine; it has {detected} ({where})")
+        if int(text) in chosen:
+            raise TrainFilesError(f"GPU {text} is chosen twice")
+        chosen.append(int(text))
+    return sorted(chosen)
+
+
+def launch_plan(argv: list[str], values: dict[str, Any], gpus: list[int]) -> tuple[list[str], dict[str, str]]:
+    """(argv, extra environment) to run trainer command `argv` on `gpus` (checked ids): none → as
+    is; one → `CUDA_VISIBLE_DEVICES` in the subprocess's environment (the trainer uses cuda:0, which
+    is then that GPU); several → one process per GPU through accelerate's launcher with the shipped
+    config: DDP for a LoRA, FSDP for a full fine-tune (`--trainable_models`), as docs/training.md
+    describes."""
+    if not gpus:
+        return argv, {}
+    if len(gpus) == 1:
+        return argv, {"CUDA_VISIBLE_DEVICES": str(gpus[0])}
+    config = ACCELERATE_CONFIGS / ("fsdp_full.yaml" if values.get("trainable_models") else "ddp_lora.yaml")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+            "--num_processes", str(len(gpus)), "--gpu_ids", ",".join(map(str, gpus)), *argv[1:]], {}
+
+
+def apply_base_variant(values: dict[str, Any], variant: str, cuda: bool | None = None) -> dict[str, Any]:
+    """`values` for base `variant`: bf16 as given, fp8 with `--fp8_models dit`, nf4 only when the
+    model's transformer is an NF4 checkpoint (its safetensors header; the trainer quantises nothing)
+    and this machine has CUDA (`cuda`, detected when None) and bitsandbytes — refused here, before a
+    run folder exists, rather than by the trainer after it started (docs/training.md, "LoRA on an
+    NF4 base")."""
+    if variant not in BASE_VARIANTS:
+        raise TrainFilesError(f"base variant {variant!r} is not one of {', '.join(BASE_VARIANTS)}")
+    if variant == "bf16":
+        return dict(values)
+    if variant == "fp8":
+        return {**values, "fp8_models": "dit"}
+    from ideogram_app.loading.checkpoint_layout import detect_dit_layout
+    from ideogram_app.loading.safetensors_io import describe_files, read_headers, resolve_safetensors
+
+    model = str(values.get("model") or "")
+    try:
+        files = resolve_safetensors(model, "transformer")
+        where = describe_files(files)
+        layout = detect_dit_layout(read_headers(files), where)
+    except (OSError, ValueError) as err:
+        raise TrainFilesError(f"base variant nf4 needs a local model folder whose transformer is an NF4 checkpoint; "
+                              f"{model or 'no model'}: {err}") from None
+    if layout.weights != "nf4":
+        raise TrainFilesError(f"base variant nf4: {where} holds {layout.weights} weights, not NF4; choose an NF4 "
+                              f"checkpoint (such as ideogram-4-nf4) or the {'fp8' if layout.weights == 'fp8' else 'bf16'} variant")
+    if values.get("trainable_models"):
+        raise TrainFilesError("base variant nf4 trains a LoRA only (4-bit weights cannot take updates); clear "
+                              "--trainable_models")
+    if cuda is None:
+        cuda = gpu_count() > 0
+    if not cuda:
+        raise TrainFilesError(f"base variant nf4: {where} holds bitsandbytes NF4 weights, which run only on a CUDA "
+                              "GPU; this machine has none")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TrainFilesError("base variant nf4 needs bitsandbytes on the server (pip install 'bitsandbytes>=0.45')") from None
+    return dict(values)
 
 
 # ----- runs -------------------------------------------------------------------------------------
@@ -553,11 +639,14 @@ class RunManager:
 
     # -- start / stop / resume / delete --
 
-    def start(self, owner: str, name: str | None, values: dict[str, Any], validation_prompts: str | None = None) -> RunInfo:
+    def start(self, owner: str, name: str | None, values: dict[str, Any], validation_prompts: str | None = None,
+              gpus: Any = (), detected: int | None = None) -> RunInfo:
         """A new run folder and a trainer process for `values` (settings by name; `output_path` and
-        `resume` are the manager's). `validation_prompts` (JSON lines) is written into the run folder
+        `resume` are the manager's) on GPU ids `gpus` (checked against `detected`, gpu_count() when
+        None; `launch_plan`). `validation_prompts` (JSON lines) is written into the run folder
         as the --validation_prompts file. Raises ConfigError (settings) or TrainFilesError; a refused
         start leaves no folder behind."""
+        gpus = check_gpus(gpus, gpu_count() if detected is None else detected)
         for reserved in ("output_path", "resume"):
             if values.get(reserved) not in (None, ""):
                 raise TrainFilesError(f"--{reserved} is chosen by the app (the run folder, Resume)")
@@ -576,7 +665,7 @@ class RunManager:
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return self._launch(folder, values, argv)
+        return self._launch(folder, values, argv, gpus)
 
     def resume(self, folder: Path, max_steps: int | None = None) -> RunInfo:
         """Continue a stopped, interrupted or failed run in its folder (`--resume latest` from its last
@@ -603,7 +692,8 @@ class RunManager:
             values["resume"] = "latest"
         else:  # refused before it wrote anything: start it again in the same folder
             values.pop("resume", None)
-        return self._launch(folder, values, train_command(values))
+        gpus = check_gpus(launch.get("gpus") or [], gpu_count())  # the same GPUs, if this machine still has them
+        return self._launch(folder, values, train_command(values), gpus)
 
     def stop(self, folder: Path) -> RunInfo:
         """SIGTERM to the run's process group: checkpoint, LoRA, status `stopped` (a second stop
@@ -622,18 +712,20 @@ class RunManager:
         shutil.rmtree(folder)
         return info.name
 
-    def _launch(self, folder: Path, values: dict[str, Any], argv: list[str]) -> RunInfo:
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    def _launch(self, folder: Path, values: dict[str, Any], argv: list[str], gpus: list[int]) -> RunInfo:
+        argv, gpu_env = launch_plan(argv, values, gpus)
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", **gpu_env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+        command = shown_command(argv, gpu_env)
         with self._lock, open(folder / LOG_FILE, "ab") as log:
-            log.write(f"$ {shown_command(argv)}\n".encode())
+            log.write(f"$ {command}\n".encode())
             log.flush()
             process = subprocess.Popen(argv, cwd=str(folder), env=env, stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
             self._processes[str(folder)] = process
         self.lease.take(folder.name, process)
-        _write_json(folder / LAUNCH_FILE, {"values": values, "argv": argv, "command": shown_command(argv),
-                                           "pid": process.pid, "started": time.time()})
+        _write_json(folder / LAUNCH_FILE, {"values": values, "argv": argv, "gpus": gpus, "env": gpu_env,
+                                           "command": command, "pid": process.pid, "started": time.time()})
         return self.info(folder)
 
     # -- reading --

@@ -246,3 +246,87 @@ def test_the_estimate_line_reads_the_measured_table():
     assert "1000 steps ≈ 3 min" in half  # 0.724 s × 1000 / 4 = 181 s
     assert "no measurement" in runs.estimate_line({**quick, "fp8_models": "dit"}, h200)
     assert runs.estimate_line(quick, None).startswith("CPU: tiny models only")
+
+
+def test_chosen_gpus_become_the_environment_or_an_accelerate_launch(tmp_path):
+    """0 GPUs: the plain command; 1: CUDA_VISIBLE_DEVICES in the subprocess's environment; 2: accelerate's
+    launcher with the shipped config, its flags checked by accelerate's own argument parser."""
+    from accelerate.commands.launch import launch_command_parser
+
+    values = {"dataset_base_path": str(tmp_path), "model": "some/model", "lora_base_model": "dit",
+              "output_path": str(tmp_path / "run")}
+    argv = runs.train_command(values)
+    assert argv[:3] == [sys.executable, "-m", "ideogram_app.train"]
+    assert runs.launch_plan(argv, values, runs.check_gpus([], 2)) == (argv, {})
+    one, env = runs.launch_plan(argv, values, runs.check_gpus(["1"], 2))
+    assert (one, env) == (argv, {"CUDA_VISIBLE_DEVICES": "1"})
+    assert runs.shown_command(one, env).startswith("CUDA_VISIBLE_DEVICES=1 python -m ideogram_app.train ")
+    two, env = runs.launch_plan(argv, values, runs.check_gpus(["1", "0"], 2))
+    configs = Path(runs.__file__).resolve().parents[1] / "train" / "accelerate_configs"
+    assert env == {}
+    assert two == [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / "ddp_lora.yaml"),
+                   "--num_processes", "2", "--gpu_ids", "0,1", "-m", "ideogram_app.train", *argv[3:]]
+    parsed = launch_command_parser().parse_args(two[3:])
+    assert (parsed.config_file, parsed.num_processes, parsed.gpu_ids, parsed.module) == \
+        (str(configs / "ddp_lora.yaml"), 2, "0,1", True)
+    assert parsed.training_script == "ideogram_app.train" and parsed.training_script_args == argv[3:]
+    full = {**values, "lora_base_model": None, "trainable_models": "dit"}
+    assert runs.launch_plan(runs.train_command(full), full, [0, 1])[0][4] == str(configs / "fsdp_full.yaml")
+    assert runs.shown_command(two).startswith("python -m accelerate.commands.launch --config_file ")
+
+
+def test_gpu_ids_are_checked_against_the_detected_count(tmp_path):
+    with pytest.raises(runs.TrainFilesError, match=r"GPU '7' is not a GPU of this machine; it has 2 \(ids 0-1\)"):
+        runs.check_gpus(["7"], 2)
+    with pytest.raises(runs.TrainFilesError, match=r"GPU '0' is not a GPU of this machine; it has 0 \(none"):
+        runs.check_gpus(["0"], 0)
+    for bad in (["-1"], ["x"], [" "]):
+        with pytest.raises(runs.TrainFilesError, match="is not a GPU of this machine"):
+            runs.check_gpus(bad, 2)
+    with pytest.raises(runs.TrainFilesError, match="GPU 1 is chosen twice"):
+        runs.check_gpus(["1", 1], 2)
+    folder = captioned_dataset(tmp_path)
+    values = {"dataset_base_path": str(folder), "model": "some/model", "lora_base_model": "dit"}
+    with pytest.raises(runs.TrainFilesError, match="GPU 7"):
+        runs.RunManager(runs.GpuLease()).start("local", "r1", values, gpus=[7], detected=2)
+    assert not (runs.runs_dir("local") / "r1").exists()
+
+
+def nf4_dit_folder(root: Path) -> Path:
+    """A model folder whose transformer header has bitsandbytes' NF4 key layout (packed uint8 data, absmax,
+    code book, serialised quant state), as the official NF4 checkpoint stores it; built by hand because
+    bitsandbytes' quantiser needs CUDA."""
+    from safetensors.torch import save_file
+    import torch
+
+    (root / "transformer").mkdir(parents=True)
+    weight = "layers.0.attention.qkv.weight"
+    save_file({weight: torch.zeros(96, 1, dtype=torch.uint8), weight + ".absmax": torch.ones(3),
+               weight + ".quant_map": torch.zeros(16), weight + ".quant_state.bitsandbytes__nf4":
+               torch.tensor(list(b'{"quant_type": "nf4"}'), dtype=torch.uint8)},
+              root / "transformer" / "diffusion_pytorch_model.safetensors")
+    return root
+
+
+def test_base_variants_map_to_flags_and_nf4_is_refused_where_it_cannot_run(tmp_path, tiny_repo):
+    values = {"model": str(tiny_repo), "lora_base_model": "dit"}
+    assert runs.apply_base_variant(values, "bf16") == values
+    assert runs.apply_base_variant(values, "fp8") == {**values, "fp8_models": "dit"}
+    with pytest.raises(runs.TrainFilesError, match="base variant 'int4' is not one of bf16, fp8, nf4"):
+        runs.apply_base_variant(values, "int4")
+    with pytest.raises(runs.TrainFilesError, match=r"diffusion_pytorch_model.safetensors holds fp8 weights, not NF4"):
+        runs.apply_base_variant(values, "nf4", cuda=True)
+    with pytest.raises(runs.TrainFilesError, match="needs a local model folder .* some/model"):
+        runs.apply_base_variant({"model": "some/model"}, "nf4", cuda=True)
+    nf4 = {"model": str(nf4_dit_folder(tmp_path / "nf4")), "lora_base_model": "dit"}
+    with pytest.raises(runs.TrainFilesError, match="NF4 weights, which run only on a CUDA GPU; this machine has none"):
+        runs.apply_base_variant(nf4, "nf4", cuda=False)
+    with pytest.raises(runs.TrainFilesError, match="trains a LoRA only"):
+        runs.apply_base_variant({**nf4, "trainable_models": "dit"}, "nf4", cuda=True)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        with pytest.raises(runs.TrainFilesError, match="needs bitsandbytes on the server"):
+            runs.apply_base_variant(nf4, "nf4", cuda=True)
+    else:
+        assert runs.apply_base_variant(nf4, "nf4", cuda=True) == nf4

@@ -78,7 +78,7 @@ EDIT_VIEW = ("tr_editor", "tr_canvas", "tr_json", "tr_caption_note", "tr_el_text
 DATASET_VIEW = ("tr_dataset", "tr_images", "tr_grid", "tr_dataset_note", "tr_val_prompts", "tr_datasets")
 WATCH_VIEW = ("tr_runs", "tr_runs_table", "tr_command", "tr_progress", "tr_plot", "tr_rate", "tr_val_gallery",
               "tr_log", "tr_timer", "tr_cursor", "tr_use_ckpt")
-# What the estimate line reads: the MAIN controls, the fp8 checkbox and the offload flag.
+# What the estimate line reads: the MAIN controls, the base variant and the offload flag.
 OFFLOAD = "use_gradient_checkpointing_offload"
 RUN_COLUMNS = ["run", "status", "steps", "final loss", "LoRA", "message"]
 
@@ -89,7 +89,7 @@ def _advanced_name(setting_name: str) -> str:
 
 class TrainTab:
     def __init__(self, slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, policy: Policy = Policy(),
-                 manager: RunManager | None = None, dataset_roots: tuple[Path, ...] = ()):
+                 manager: RunManager | None = None, dataset_roots: tuple[Path, ...] = (), gpu_count: int | None = None):
         self.slot = slot
         self.limits = limits
         self.policy = policy
@@ -97,6 +97,8 @@ class TrainTab:
         self.dataset_roots = dataset_roots
         self.generate_picker = False
         self.gpu = runs.detected_gpu()  # once: the estimate line is for the machine the app runs on
+        # the GPU ids a run may be given (detected once; tests inject a count), checked again on Start
+        self.gpu_count = runs.gpu_count() if gpu_count is None else gpu_count
 
     # ---- layout and wiring -------------------------------------------------------------------
 
@@ -159,7 +161,15 @@ class TrainTab:
                             gr.Number(value, label=label, elem_id=name.replace("_", "-"))
                         ui.add(name, component)
                 with gr.Row():
-                    ui.add("tr_fp8", gr.Checkbox(False, label="Keep the DiT in fp8 (--fp8_models dit)"))
+                    ui.add("tr_base", gr.Radio(list(runs.BASE_VARIANTS), value="bf16", elem_id="train-base",
+                                               label="Base variant (fp8: --fp8_models dit; nf4: an NF4 checkpoint, CUDA)"))
+                    if self.gpu_count:
+                        ui.add("tr_gpus", gr.CheckboxGroup([(f"GPU {i}", str(i)) for i in range(self.gpu_count)],
+                                                           value=["0"], label="GPUs (two or more: accelerate launch)",
+                                                           elem_id="train-gpus"))
+                    else:
+                        ui.add("tr_gpus", gr.CheckboxGroup(["CPU"], value=["CPU"], label="GPUs", interactive=False,
+                                                           elem_id="train-gpus"))
                     ui.add("tr_trigger", gr.Textbox(label="Trigger word (optional)", elem_id="train-trigger"))
                     ui.add("tr_trigger_field", gr.Dropdown(list(TRIGGER_FIELDS), value=TRIGGER_FIELDS[0],
                                                            allow_custom_value=True, label="Trigger goes in front of"))
@@ -229,7 +239,8 @@ class TrainTab:
         ui.on(ui["tr_copy_all"].click, self.on_copy_to_all, ["tr_dataset", "tr_image", "tr_editor"], **private,
               concurrency_id="train-files", concurrency_limit=1)
         ui.on(ui["tr_preset"].input, self.on_preset, ["tr_preset"], **GLUE)
-        run_inputs = ["tr_dataset", "tr_run_name", "tr_model", *(name for name, _, _ in MAIN), "tr_fp8", "tr_trigger",
+        run_inputs = ["tr_dataset", "tr_run_name", "tr_model", *(name for name, _, _ in MAIN), "tr_base", "tr_gpus",
+                      "tr_trigger",
                       "tr_trigger_field", "tr_val_prompts", *(_advanced_name(s.name) for s in ADVANCED)]
         ui.on(ui["tr_start"].click, self.on_start_run, run_inputs, **private, concurrency_id="train-files",
               concurrency_limit=1)
@@ -246,7 +257,7 @@ class TrainTab:
                   ["tr_runs", "tr_use_ckpt", "tr_use_scale", PICKER, "lora_shown", *LORA_SCALES], **private)
         ui.on(ui["tr_download"].click, self.on_download_lora, ["tr_runs", "tr_use_ckpt"], **private)
         ui.on(ui["tr_download_diffusers"].click, self.on_download_diffusers, ["tr_runs", "tr_use_ckpt"], **private)
-        estimate_inputs = [*(name for name, _, _ in MAIN), "tr_fp8", _advanced_name(OFFLOAD)]
+        estimate_inputs = [*(name for name, _, _ in MAIN), "tr_base", _advanced_name(OFFLOAD)]
         ui.on([ui[name].change for name in estimate_inputs], self.on_estimate, estimate_inputs, **GLUE)
 
     # ---- policy ------------------------------------------------------------------------------
@@ -437,9 +448,10 @@ class TrainTab:
 
     @emits("tr_estimate")
     def on_estimate(self, *values: Any) -> dict:
-        """The memory/time line for the MAIN controls, fp8 and offload (`values`, in that order)."""
+        """The memory/time line for the MAIN controls, the base variant and offload (`values`, in that
+        order)."""
         settings = {setting: value for (_, setting, _), value in zip(MAIN, values)}
-        settings["fp8_models"] = "dit" if values[len(MAIN)] else None
+        settings["fp8_models"] = "dit" if values[len(MAIN)] == "fp8" else None
         settings[OFFLOAD] = bool(values[len(MAIN) + 1])
         return {"tr_estimate": "**Estimate:** " + escape(runs.estimate_line(settings, self.gpu))}
 
@@ -450,7 +462,7 @@ class TrainTab:
             return {}
         return {name: values[setting] for name, setting, _ in MAIN}
 
-    def settings_from_controls(self, dataset: str | None, owner: str, model: str, main: list[Any], fp8: bool,
+    def settings_from_controls(self, dataset: str | None, owner: str, model: str, main: list[Any], base: str,
                                trigger: str, trigger_field: str, advanced: list[Any]) -> dict[str, Any]:
         """{setting: value} for the trainer from the controls (advanced fields left empty are left
         out, so the trainer's defaults apply); gr.Error for what the policy or the tab refuses."""
@@ -465,8 +477,6 @@ class TrainTab:
         for (_, setting, _), value in zip(MAIN, main):
             if value is not None and value != "":
                 values[setting] = value
-        if fp8:
-            values["fp8_models"] = "dit"
         if (trigger or "").strip():
             values["trigger"] = trigger.strip()
             values["trigger_field"] = trigger_field
@@ -481,7 +491,10 @@ class TrainTab:
                 raise gr.Error(f"{setting.flag} names a file on the server, which only the machine's own user may do "
                                "(the app's local default); leave it empty.", duration=None)
             values[setting.name] = value.strip() if isinstance(value, str) else value
-        return values
+        try:  # after the advanced flags: nf4 refuses a full fine-tune
+            return runs.apply_base_variant(values, base, cuda=self.gpu_count > 0)
+        except TrainFilesError as err:
+            raise gr.Error(f"Not started: {err}", duration=None) from None
 
     # ---- runs --------------------------------------------------------------------------------
 
@@ -520,20 +533,28 @@ class TrainTab:
 
     @emits(*WATCH_VIEW)
     def on_start_run(self, request: gr.Request, *controls: Any) -> dict:
-        """`controls`: the dataset, run name and model, the MAIN controls, fp8, trigger, trigger
-        field, validation prompts, then one value per ADVANCED setting (the request comes first
-        because Gradio passes it by position, before a variable argument list)."""
+        """`controls`: the dataset, run name and model, the MAIN controls, base variant, GPU ids,
+        trigger, trigger field, validation prompts, then one value per ADVANCED setting (the request
+        comes first because Gradio passes it by position, before a variable argument list). The GPU
+        ids are checked against the detected count here, whatever the page offered."""
         owner = self._owner(request)
-        expected = 3 + len(MAIN) + 4 + len(ADVANCED)
+        expected = 3 + len(MAIN) + 5 + len(ADVANCED)
         if len(controls) != expected:
             raise gr.Error(f"Start takes {expected} values, got {len(controls)}")
         dataset, run_name, model = controls[:3]
         main = list(controls[3:3 + len(MAIN)])
-        fp8, trigger, trigger_field, val_prompts = controls[3 + len(MAIN):7 + len(MAIN)]
-        advanced = list(controls[7 + len(MAIN):])
-        values = self.settings_from_controls(dataset, owner, model, main, fp8, trigger, trigger_field, advanced)
+        base, gpus, trigger, trigger_field, val_prompts = controls[3 + len(MAIN):8 + len(MAIN)]
+        advanced = list(controls[8 + len(MAIN):])
+        if not self.gpu_count and gpus == ["CPU"]:
+            gpus = []  # the disabled control's own value
         try:
-            info = self.manager.start(owner, (run_name or "").strip() or None, values, val_prompts)
+            gpus = runs.check_gpus(gpus, self.gpu_count)
+        except TrainFilesError as err:
+            raise gr.Error(f"Not started: {err}", duration=None) from None
+        values = self.settings_from_controls(dataset, owner, model, main, base, trigger, trigger_field, advanced)
+        try:
+            info = self.manager.start(owner, (run_name or "").strip() or None, values, val_prompts, gpus,
+                                      self.gpu_count)
         except ConfigError as err:
             raise gr.Error("Not started: " + "; ".join(f"{flag}: {message}" for flag, message in err.problems),
                            duration=None) from None

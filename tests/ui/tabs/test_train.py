@@ -50,11 +50,12 @@ def select(index: int) -> gr.SelectData:
     return gr.SelectData(None, {"index": index, "value": None, "selected": True})
 
 
-def start_controls(dataset: str, model: str, steps: int, prompts: str = "", **advanced) -> list:
+def start_controls(dataset: str, model: str, steps: int, prompts: str = "", base: str = "bf16", gpus=(),
+                   **advanced) -> list:
     values = dict(PRESETS["quick test"], lora_rank=2, lora_alpha=2, max_steps=steps, max_pixels=80 * 64)
     main = [values[setting] for _, setting, _ in MAIN]
     extra = [advanced.get(s.name, False if s.kind == "flag" else "") for s in ADVANCED]
-    return [dataset, "", model, *main, False, "", "high_level_description", prompts, *extra]
+    return [dataset, "", model, *main, base, gpus, "", "high_level_description", prompts, *extra]
 
 
 def wait_finished(tab: TrainTab, name: str, timeout: float = 90) -> dict:
@@ -186,7 +187,7 @@ def test_refusals_name_what_is_wrong(tab, tiny_repo, tmp_path):
     shared = TrainTab(tab.slot, policy=Policy(auth=True, admins=frozenset({"root"}), models_dirs=(tiny_repo.parent,)))
     root = gr.Request(username="root")
     quick = [PRESETS["quick test"][setting] for _, setting, _ in MAIN]
-    assert "CPU: tiny models only" in unescape(tab.on_estimate(*quick, False, False)["tr_estimate"])  # no CUDA here
+    assert "CPU: tiny models only" in unescape(tab.on_estimate(*quick, "bf16", False)["tr_estimate"])  # no CUDA here
     assert "CPU: tiny models only" in unescape(tab.on_page_load(LOCAL)["tr_estimate"])
     linked = Policy(share=True, auth=True, admins=frozenset({"root"}))  # behind --share: off without --allow-training
     with pytest.raises(gr.Error, match="Training is off on this server: .* --allow-training"):
@@ -203,8 +204,28 @@ def test_refusals_name_what_is_wrong(tab, tiny_repo, tmp_path):
         shared.on_start_run(root, *start_controls(own, str(tiny_repo), 4, cache_dir="/tmp"))
 
 
+def test_gpu_ids_and_base_variant_are_checked_before_a_run_starts(tab, tiny_repo, tmp_path):
+    """The GPU ids of a Start call are checked against the detected count (injected: 2 here), whatever the
+    page offered; nf4 needs an NF4 checkpoint. Nothing is written for a refused start."""
+    dataset = tab.on_create_dataset([str(png(tmp_path / "one.png", 0))], "one", LOCAL)["tr_dataset"]
+    two = TrainTab(tab.slot, policy=Policy(), manager=tab.manager, gpu_count=2)
+    with pytest.raises(gr.Error, match=r"Not started: GPU '7' is not a GPU of this machine; it has 2 \(ids 0-1\)"):
+        two.on_start_run(LOCAL, *start_controls(dataset, str(tiny_repo), 4, gpus=["0", "7"]))
+    with pytest.raises(gr.Error, match=r"Not started: GPU '0' is not a GPU of this machine; it has 0"):
+        tab.on_start_run(LOCAL, *start_controls(dataset, str(tiny_repo), 4, gpus=["0"]))
+    for cpu_tab, gpus in ((tab, ["CPU"]), (two, ["1"])):  # the GPU choice passes; the base variant is refused
+        with pytest.raises(gr.Error, match=r"Not started: base variant nf4: .*diffusion_pytorch_model.safetensors "
+                                           r"holds fp8 weights, not NF4"):
+            cpu_tab.on_start_run(LOCAL, *start_controls(dataset, str(tiny_repo), 4, base="nf4", gpus=gpus))
+    quick = [PRESETS["quick test"][setting] for _, setting, _ in MAIN]
+    assert "CPU: tiny models only" in unescape(tab.on_estimate(*quick, "fp8", False)["tr_estimate"])
+    assert not tab.manager.list("local")
+
+
 def test_the_tab_is_wired_into_the_app(loaded_slot):
     demo = build_demo(loaded_slot)
+    gpus = next(c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "train-gpus")["props"]
+    assert (gpus["choices"], gpus["value"], gpus["interactive"]) == ([("CPU", "CPU")], ["CPU"], False)  # no CUDA here
     names = {d.get("api_name") for d in demo.config["dependencies"]}
     assert {"on_start_run", "on_stop_run", "on_resume_run", "on_delete_run", "on_watch_tick", "on_use_in_generate"} <= names
 
@@ -223,6 +244,7 @@ def test_a_non_admin_cannot_train_by_raw_event_calls(auth_server, tiny_repo):
     calls = {"on_start_run": [None] * start_inputs, "on_create_dataset": [None, "x"], "on_stop_run": [None],
              "on_resume_run": [None], "on_delete_run": [None], "on_open_dataset": [None]}
     calls["on_start_run"][:3] = ["/tmp", "", str(tiny_repo)]
+    calls["on_start_run"][3 + len(MAIN) + 1] = []  # the GPU choice (Gradio itself refuses None for a list)
     for api_name, data in calls.items():
         with pytest.raises(EventError, match="Only an operator may train here: you are signed in as 'ann'"):
             ann.call(api_name, *data)
