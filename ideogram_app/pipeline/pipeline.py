@@ -12,7 +12,6 @@ Where each module computes is the `MemoryPlan`'s business (placement.py).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import threading
@@ -30,6 +29,7 @@ from ideogram_app.loading.dit import load_transformer
 from ideogram_app.loading.text_encoder import load_text_encoder
 from ideogram_app.loading.vae import load_vae
 from ideogram_app.lora import LoraReport, apply_lora, loaded, remove, set_scale
+from ideogram_app.lora.identity import file_sha256
 from ideogram_app.model.prompt_tokenizer import PromptTokenizer, check_token_count
 from ideogram_app.pipeline.conditioning import decode_tokens, encode_image, encode_text, initial_noise, noised_start, prepare_conditioning
 from ideogram_app.pipeline.estimate import choose_fp8, component_weight_bytes
@@ -328,7 +328,7 @@ class Ideogram4Pipeline:
         if report.name in self._lora_files:  # the same default name on the other DiT
             remove(model, report.name)
             raise ValueError(f"a LoRA named {report.name!r} is already loaded; pass name= to load this one too")
-        self._lora_files[report.name] = (target, _sha256(path))
+        self._lora_files[report.name] = (target, file_sha256(path))
         return report
 
     def set_lora_scale(self, name: str, scale: float) -> LoraReport:
@@ -407,15 +407,6 @@ class Ideogram4Pipeline:
             "img2img": request.input_image is not None,
             **({"loras": self.loras} if self._lora_files else {}),
         })
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    """Content hash of a LoRA file, so image metadata names exactly which weights were used."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _warn_negative_prompt(negative_prompt: str) -> None:

@@ -17,12 +17,10 @@ picker after adding a file). See docs/app.md, "LoRAs in Generate".
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
 import shutil
-import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any, Iterable, Sequence
 
 from ideogram_app.lora import RejectedLora, UnreadableLora, config_targets, read_lora
 from ideogram_app.lora.apply import default_name
+from ideogram_app.lora.identity import file_sha256
 
 from .results import output_dir
 
@@ -39,8 +38,6 @@ SCALE_MIN, SCALE_MAX = -2.0, 2.0  # beyond this a LoRA only breaks the image
 PICKER = "lora_pick"  # the Generate panel's multiselect of file names (components registry name)
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
-_hashes: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> sha256 of the contents
-_hash_lock = threading.Lock()
 
 
 def lora_dir() -> Path:
@@ -63,23 +60,6 @@ def list_loras() -> list[str]:
 def lora_name(file_name: str) -> str:
     """The name the pipeline knows a folder file by (and the images' metadata records)."""
     return default_name(file_name)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file's contents, remembered while its size and modification time stay the
-    same (the folder is hashed for every "open in editor" and every generation)."""
-    stat = os.stat(path)
-    key = (os.fspath(path), stat.st_mtime_ns, stat.st_size)
-    with _hash_lock:
-        if key in _hashes:
-            return _hashes[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    with _hash_lock:
-        _hashes[key] = digest.hexdigest()
-    return _hashes[key]
 
 
 def checked_file_name(name: str) -> str:
