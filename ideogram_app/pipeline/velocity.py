@@ -23,10 +23,19 @@ from ideogram_app.pipeline.placement import MemoryPlan
 from ideogram_app.pipeline.sampling import Velocity, guided_velocity
 
 
-def run_dit(dit: nn.Module, x: torch.Tensor, t: torch.Tensor, layout: TokenLayout, text_hidden: torch.Tensor | None = None) -> torch.Tensor:
-    """One DiT forward over a prepared layout (no text features: text rows come projected or not at all)."""
+def run_dit(
+    dit: nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    layout: TokenLayout,
+    text_hidden: torch.Tensor | None = None,
+    llm_features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One DiT forward over a prepared layout. Text rows come projected once (`text_hidden`, as at
+    inference), as raw features the DiT projects itself (`llm_features`, when the projection
+    trains), or not at all (the unconditional pass)."""
     return dit(
-        x=x, t=t, llm_features=None, position_ids=layout.position_ids, segment_ids=layout.segment_ids,
+        x=x, t=t, llm_features=llm_features, position_ids=layout.position_ids, segment_ids=layout.segment_ids,
         indicator=layout.indicator, text_hidden=text_hidden, positions=layout.positions,
     )
 

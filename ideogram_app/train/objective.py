@@ -109,8 +109,7 @@ def predict(model: nn.Module, dit: nn.Module, batch: Batch) -> torch.Tensor:
         if batch.projected:
             out = run_dit(model, x, batch.times, layout, text_hidden=batch.text)
         else:
-            out = model(x=x, t=batch.times, llm_features=batch.text, position_ids=layout.position_ids,
-                        segment_ids=layout.segment_ids, indicator=layout.indicator, positions=layout.positions)
+            out = run_dit(model, x, batch.times, layout, llm_features=batch.text)
     return out[:, n_text:]
 
 
