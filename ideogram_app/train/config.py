@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from ideogram_app.limits import DEFAULT_LIMITS
 from ideogram_app.pipeline.sampling import PRESETS
+from ideogram_app.pipeline.sizes import MULTIPLE
 
 DIFFSYNTH_LORA_TARGETS = "attention.qkv,attention.o,feed_forward.w1,feed_forward.w2,feed_forward.w3,adaln_modulation"
 TASKS = ("sft", "sft:data_process", "sft:train")
@@ -297,8 +298,8 @@ def check_config(c: TrainConfig) -> list[str]:
     limits = DEFAULT_LIMITS
     for name in ("height", "width"):
         value = getattr(c, name)
-        if value is not None and (value % 16 or not limits.min_side <= value <= limits.max_side):
-            bad(name, f"must be a multiple of 16 between {limits.min_side} and {limits.max_side}, got {value}")
+        if value is not None and (value % MULTIPLE or not limits.min_side <= value <= limits.max_side):
+            bad(name, f"must be a multiple of {MULTIPLE} between {limits.min_side} and {limits.max_side}, got {value}")
     if not limits.min_side**2 <= c.max_pixels <= limits.max_pixels:
         bad("max_pixels", f"must be between {limits.min_side ** 2:,} and {limits.max_pixels:,}, got {c.max_pixels:,}")
     if c.extra_inputs:

@@ -34,6 +34,7 @@ from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.model.prompt_tokenizer import PromptTooLongError, check_token_count
 from ideogram_app.pipeline.images import fit_image, image_to_tensor, open_image
 from ideogram_app.pipeline.prompt import InvalidCaptionError, prepare_prompt
+from ideogram_app.pipeline.sizes import MULTIPLE
 from ideogram_app.train.config import TrainConfig, split_list
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -225,7 +226,7 @@ def bucket_size(width: int, height: int, max_pixels: int, limits: Limits = DEFAU
     """DiffSynth's dynamic size: shrink to the area cap (and the longest allowed side), never enlarge,
     floor both sides to multiples of 16. Raises ValueError when a side ends below the minimum."""
     scale = min(1.0, math.sqrt(max_pixels / (width * height)), limits.max_side / max(width, height))
-    w, h = (int(side * scale + 1e-6) // 16 * 16 for side in (width, height))
+    w, h = (int(side * scale + 1e-6) // MULTIPLE * MULTIPLE for side in (width, height))
     if min(w, h) < limits.min_side:
         raise ValueError(f"is {width}x{height} pixels, which gives {w}x{h} for training; each side must reach "
                          f"{limits.min_side} pixels (too small, or too elongated)")

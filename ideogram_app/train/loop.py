@@ -46,6 +46,7 @@ from ideogram_app.model.prompt_tokenizer import PromptTokenizer
 from ideogram_app.pipeline.hub import ModelSourceError
 from ideogram_app.pipeline.model_config import ComponentPaths, ModelConfig, components_from_configs, components_from_model
 from ideogram_app.pipeline.placement import MemoryPlan
+from ideogram_app.pipeline.sizes import token_grid
 from ideogram_app.train import adapters
 from ideogram_app.train.cache import (
     FeatureCache, TextRecipe, component_fingerprint, fill_latents, fill_text, folder_fingerprint, latent_key,
@@ -359,7 +360,7 @@ def make_batch(run: Run, items: list[tuple[int, int]], epoch: int):
         times.append(t)
         noises.append(noise)
     sample = samples[items[0][1]]
-    batch = collate(latents, texts, times, noises, (sample.height // 16, sample.width // 16), run.text_recipe.projection is not None)
+    batch = collate(latents, texts, times, noises, token_grid(sample.width, sample.height), run.text_recipe.projection is not None)
     return batch.to(run.accelerator.device)
 
 

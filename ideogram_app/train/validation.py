@@ -27,6 +27,7 @@ from ideogram_app.pipeline.metadata import attach_metadata, make_record, save_pn
 from ideogram_app.pipeline.placement import MemoryPlan
 from ideogram_app.pipeline.sampling import denoise
 from ideogram_app.pipeline.settings import GenerationSettings, SettingsError
+from ideogram_app.pipeline.sizes import token_grid
 from ideogram_app.pipeline.velocity import dit_pair_velocity
 from ideogram_app.train.data import DataError, prepare_caption
 
@@ -133,7 +134,7 @@ class Validator:
         with self.plan.running(unconditional), self.plan.running(vae):
             for index, prompt in enumerate(self.prompts):
                 s = prompt.settings
-                grid_h, grid_w = s.height // 16, s.width // 16
+                grid_h, grid_w = token_grid(s.width, s.height)
                 text = run.cache.load("text", run.text_recipe.key(prompt.caption))[None]
                 if run.text_recipe.projection is not None:
                     n_text = text.shape[1]

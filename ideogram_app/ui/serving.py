@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 
 from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.pipeline.placement import MEMORY_MODES
+from ideogram_app.pipeline.sizes import MULTIPLE
 
 from .login_limit import MAX_FAILURES, WINDOW_S, LoginRateLimit
 from .model_slot import ModelSlot
@@ -133,8 +134,8 @@ def check_options(options: ServeOptions) -> str | None:
     missing = [d for d in options.models_dirs if not os.path.isdir(os.path.expanduser(d))]
     if missing:
         return f"--models-dir (IDEOGRAM_MODELS_DIRS) {missing[0]!r} is not a folder"
-    if not DEFAULT_LIMITS.min_side <= options.max_side or options.max_side % 16:
-        return (f"--max-side (IDEOGRAM_MAX_SIDE) {options.max_side} must be a multiple of 16 and at least "
+    if not DEFAULT_LIMITS.min_side <= options.max_side or options.max_side % MULTIPLE:
+        return (f"--max-side (IDEOGRAM_MAX_SIDE) {options.max_side} must be a multiple of {MULTIPLE} and at least "
                 f"{DEFAULT_LIMITS.min_side}")
     if options.mcp and options.auth:
         return ("--mcp cannot be combined with --auth: Gradio 6.31 serves the MCP tool list without a login and "
