@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import urllib.parse
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from ideogram_app.caption import Caption
 from ideogram_app.expand import Backend, BackendError, ExpandError, Expansion, expand, make_backend
@@ -32,6 +34,9 @@ KINDS = ("openai", "local")
 KIND_LABELS = {"openai": "OpenAI-compatible server", "local": "local causal LM folder"}
 SERVER_TIMEOUT_S = 60.0  # per attempt; the call holds the GPU group, so less than the package's 120 s
 SERVER_RETRIES = 1
+# Expansions by visitors and API clients, together, per minute: each one may spend the operator's API
+# key (or GPU time for a local model), and anyone who can reach the app can ask. Operators are not metered.
+VISITOR_EXPANSIONS_PER_MINUTE = 30
 NOTE_ITEMS = 3  # repairs and warnings listed by name in the note; the rest are counted
 # Repairs that only change how the JSON is written (to_json does them for any caption): not noted.
 LAYOUT_NEUTRAL = frozenset({"not_compact", "key_order", "unicode_escape", "color_case", "double_encoded"})
@@ -76,10 +81,14 @@ class Expander:
     """The process's expansion settings and backend. `configure` swaps settings (checked first);
     `expand` runs one expansion with the backend, made on first use."""
 
-    def __init__(self, settings: ExpandSettings | None = None):
+    def __init__(self, settings: ExpandSettings | None = None, per_minute: int = VISITOR_EXPANSIONS_PER_MINUTE,
+                 clock: Callable[[], float] = time.monotonic):
         self._lock = threading.Lock()
         self._settings = settings if settings is not None else ExpandSettings.from_environment()
         self._backend: Backend | None = None
+        self._per_minute = per_minute
+        self._clock = clock
+        self._metered: deque[float] = deque()  # start times of the metered expansions of the last minute
 
     @property
     def settings(self) -> ExpandSettings:
@@ -129,9 +138,25 @@ class Expander:
                     self._backend = make_backend("local", model=settings.model)
             return self._backend
 
-    def expand(self, idea: str, width: int, height: int, keep: Caption | dict | str | None = None) -> Expansion:
-        """`ideogram_app.expand.expand` with this process's backend. Call it in the GPU group."""
+    def expand(self, idea: str, width: int, height: int, keep: Caption | dict | str | None = None,
+               metered: bool = True) -> Expansion:
+        """`ideogram_app.expand.expand` with this process's backend. Call it in the GPU group.
+        `metered` calls (visitors, API clients) share VISITOR_EXPANSIONS_PER_MINUTE; over it the call
+        is refused before the backend is asked."""
+        if metered:
+            self._take_metered_slot()
         return expand(idea, width, height, keep=keep, backend=self.backend())
+
+    def _take_metered_slot(self) -> None:
+        now = self._clock()
+        with self._lock:
+            while self._metered and now - self._metered[0] >= 60.0:
+                self._metered.popleft()
+            if len(self._metered) >= self._per_minute:
+                wait = 60.0 - (now - self._metered[0])
+                raise ExpandError(f"prompt expansion is busy: this server runs at most {self._per_minute} expansions "
+                                  f"a minute for visitors; try again in {max(1, round(wait))} s")
+            self._metered.append(now)
 
     def message(self, err: ExpandError, detail: bool) -> str:
         """`err`'s message as a user is shown it (plain text). Without `detail` (visitors, API

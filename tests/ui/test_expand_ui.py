@@ -215,3 +215,22 @@ def test_an_operator_switches_to_a_local_model_folder_and_expand_uses_it(tmp_pat
     out = compose(expander).on_expand(state, "a fox", "")
     assert verify(out["state"].caption) == [] and state.elements[0] in out["state"].elements
     assert editor.undo(out["state"]).caption == state.caption
+
+
+def test_visitors_share_a_per_minute_budget_and_operators_are_not_metered(chat_server):
+    """Every expansion may spend the operator's key: visitors (and API clients) together get
+    `per_minute` a minute, refused before the server is asked; the operator is never refused."""
+    now = [1000.0]
+    expander = Expander(ExpandSettings(url=chat_server.url, model="test-model"), per_minute=2, clock=lambda: now[0])
+    chat_server.script(*(completion(json.dumps(answer())) for _ in range(4)))
+    visitor, operator = compose(expander, VISITOR), compose(expander)
+    visitor.on_expand(with_idea(), IDEA, "")
+    now[0] += 30
+    visitor.on_expand(with_idea(), IDEA, "")
+    with pytest.raises(gr.Error, match="at most 2 expansions a minute for visitors; try again in 30 s"):
+        visitor.on_expand(with_idea(), IDEA, "")
+    assert len(chat_server.requests) == 2
+    operator.on_expand(with_idea(), IDEA, "")  # not metered
+    now[0] += 31  # the first call is more than a minute old
+    visitor.on_expand(with_idea(), IDEA, "")
+    assert len(chat_server.requests) == 4

@@ -527,7 +527,8 @@ class ComposeTab:
             raise gr.Error("Write a short idea in High-level description first (or a plain-text prompt in the "
                            "JSON box), then press Expand.")
         try:
-            result = self.expander.expand(idea, state.width, state.height, keep=keep)
+            result = self.expander.expand(idea, state.width, state.height, keep=keep,
+                                          metered=not self.policy.is_operator(request))
         except ExpandError as err:
             message = self.expander.message(err, detail=self.policy.is_operator(request))
             raise gr.Error(f"Expand: {message}", duration=None) from None
