@@ -98,6 +98,7 @@ class GenerationCancelled(RuntimeError):
 
 
 Velocity = Callable[[torch.Tensor, float, float], torch.Tensor]
+AfterStep = Callable[[int, float, torch.Tensor], torch.Tensor]
 
 
 def denoise(
@@ -107,13 +108,16 @@ def denoise(
     guidance: Sequence[float],
     callback: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
+    after_step: AfterStep | None = None,
 ) -> torch.Tensor:
     """Integrate from `times[0]` to `times[-1]` with Euler steps; returns the final latent tokens.
 
     `velocity(z, t, g)` is the guided velocity at time t with guidance g: one DiT pair on one GPU
     today, and later a compiled pair, a pair split over two GPUs or a LoRA-wrapped one; the loop
-    does not care. `callback(step, total)` runs after every step; a set `stop` raises
-    GenerationCancelled before the next step starts.
+    does not care. `after_step(step, t_next, z)` sees the latents after every step and returns the
+    latents to continue from (a region edit puts back the kept area; a live preview looks and returns
+    `z`). `callback(step, total)` runs after that; a set `stop` raises GenerationCancelled before the
+    next step starts.
     """
     total = len(times) - 1
     if len(guidance) != total:
@@ -123,6 +127,8 @@ def denoise(
             raise GenerationCancelled(f"generation stopped after {step} of {total} steps")
         t, t_next = times[step], times[step + 1]
         z = euler_step(z, velocity(z, t, guidance[step]), t, t_next)
+        if after_step is not None:
+            z = after_step(step + 1, t_next, z)
         if callback is not None:
             callback(step + 1, total)
     return z

@@ -133,3 +133,23 @@ def test_denoise_stops_between_steps():
     with pytest.raises(GenerationCancelled, match="stopped after 1 of 3 steps"):
         denoise(velocity, torch.zeros(1), [0.0, 0.1, 0.2, 0.3], [1.0, 1.0, 1.0], stop=stop)
     assert calls == [0.0]
+
+
+def test_after_step_sees_each_step_and_its_return_is_what_the_loop_continues_from():
+    """A hook that pins the first coordinate to 5 after every step: the next velocity sees the pinned
+    value, and the hook gets the step number and the time just reached."""
+    times, seen_by_velocity, seen_by_hook = [0.0, 0.5, 1.0], [], []
+
+    def velocity(z, t, g):
+        seen_by_velocity.append(z.clone())
+        return torch.ones_like(z)
+
+    def pin(step, t_next, z):
+        seen_by_hook.append((step, t_next, z.clone()))
+        return torch.cat([torch.full_like(z[:1], 5.0), z[1:]])
+
+    z = denoise(velocity, torch.zeros(2), times, [1.0, 1.0], after_step=pin)
+    assert [(s, t) for s, t, _ in seen_by_hook] == [(1, 0.5), (2, 1.0)]
+    assert torch.equal(seen_by_velocity[1], torch.tensor([5.0, 0.5]))
+    assert torch.equal(seen_by_hook[1][2], torch.tensor([5.5, 1.0]))
+    assert torch.equal(z, torch.tensor([5.0, 1.0]))
