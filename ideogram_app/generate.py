@@ -25,6 +25,7 @@ from ideogram_app.pipeline.prompt import InvalidCaptionError, prepare_prompt
 from ideogram_app.pipeline.sampling import PRESETS
 from ideogram_app.pipeline.settings import IMG2IMG_STRENGTH, GenerationSettings, SettingsError
 from ideogram_app.pipeline.sizes import SizeError, parse_size
+from ideogram_app.speed import SPEED_MODES
 
 DTYPES = ("bfloat16", "float16", "float32")
 DEFAULT = GenerationSettings(seed=0)  # for the help texts: the one set of defaults
@@ -50,12 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=None, help=f"default {DEFAULT.num_images}")
     p.add_argument("--input-image", default=None, help="img2img start image")
     p.add_argument("--strength", type=float, default=None, help=f"img2img denoising strength in (0, 1]; default {IMG2IMG_STRENGTH} with --input-image")
+    p.add_argument("--edit-region", default=None, metavar="Y0,X0,Y1,X1",
+                   help="regenerate only this box of --input-image (0-1000 grid, y first) and keep the rest")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="apply a LoRA file to the conditional transformer (repeatable; scale default 1.0)")
     p.add_argument("--transformer", default=None, metavar="PATH",
                    help="conditional DiT to use instead of the model's own: a full fine-tune's output folder "
                         "(python -m ideogram_app.train --trainable_models dit) or any transformer/ folder")
     p.add_argument("--memory", default="full", choices=MEMORY_MODES, help="full | offload | cpu")
+    p.add_argument("--mode", default=None, choices=SPEED_MODES,
+                   help="speed mode: eager, exact (compiled, the default on CUDA) or fast (FP8 GEMMs; images differ "
+                        "slightly); eager is the default on CPU")
+    p.add_argument("--compile-cache", default=None, metavar="FOLDER",
+                   help="keep compiled kernels here across runs (exact and fast modes)")
     p.add_argument("--device", default=None, help="compute device (default cuda if available, else cpu)")
     p.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     p.add_argument("--fp8", default="auto", choices=FP8_MODES,
@@ -81,7 +89,7 @@ def read_caption(value: str):
 FLAGS = {
     "width": "--size", "height": "--size", "size": "--size", "preset": "--preset", "num_inference_steps": "--steps",
     "cfg_scale": "--cfg", "mu": "--mu", "std": "--std", "seed": "--seed", "num_images": "--num-images",
-    "denoising_strength": "--strength", "input_image": "--input-image",
+    "denoising_strength": "--strength", "input_image": "--input-image", "edit_region": "--edit-region",
 }
 
 
@@ -97,6 +105,18 @@ def parse_lora(value: str) -> tuple[Path, float]:
     if not Path(path).is_file():
         raise UsageError(f"--lora: file {path} does not exist")
     return Path(path), scale
+
+
+def parse_region(value: str) -> list[int]:
+    """'Y0,X0,Y1,X1' -> four whole numbers (their range and order are the settings' rules)."""
+    try:
+        region = [int(part) for part in value.split(",")]
+    except ValueError:
+        region = []
+    if len(region) != 4:
+        raise UsageError(f"--edit-region {value}: give four whole numbers y_min,x_min,y_max,x_max on the 0-1000 grid, "
+                         "separated by commas (e.g. 100,250,400,750)")
+    return region
 
 
 def transformer_folder(value: str) -> Path:
@@ -122,6 +142,8 @@ def check_arguments(args: argparse.Namespace) -> tuple[str, GenerationSettings]:
             raise UsageError(f"--size: {err}") from None
     if args.input_image is not None and not Path(args.input_image).is_file():
         raise UsageError(f"--input-image {args.input_image} does not exist")
+    if args.edit_region is not None:
+        values["edit_region"] = parse_region(args.edit_region)
     if args.strength is not None and args.input_image is None:
         raise UsageError("--strength needs --input-image")
     try:
@@ -160,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     from ideogram_app.pipeline.pipeline import Ideogram4Pipeline  # after validation: loads transformers
 
     try:
-        options = dict(torch_dtype=getattr(torch, args.dtype), device=args.device, memory=args.memory, fp8=args.fp8)
+        options = dict(torch_dtype=getattr(torch, args.dtype), device=args.device, memory=args.memory, fp8=args.fp8,
+                       mode=args.mode, compile_cache=args.compile_cache)
         if args.transformer is None:
             pipe = Ideogram4Pipeline.from_pretrained(args.model, **options)
         else:  # the model's other components around another conditional DiT; the metadata names both

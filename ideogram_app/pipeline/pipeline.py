@@ -37,11 +37,14 @@ from ideogram_app.pipeline.images import fit_image, image_to_tensor, open_image,
 from ideogram_app.pipeline.metadata import attach_metadata, make_record
 from ideogram_app.pipeline.model_config import ComponentPaths, ModelConfig, components_from_configs, components_from_model
 from ideogram_app.pipeline.placement import MemoryPlan
+from ideogram_app.pipeline.preview import Preview, PreviewHook, projection_for
 from ideogram_app.pipeline.prompt import PreparedPrompt, prepare_prompt
+from ideogram_app.pipeline.region import keep_outside, paste_outside, region_mask
 from ideogram_app.pipeline.sampling import GenerationCancelled, denoise
 from ideogram_app.pipeline.settings import GenerationSettings
 from ideogram_app.pipeline.sizes import token_grid
 from ideogram_app.pipeline.velocity import dit_pair_velocity
+from ideogram_app.speed import apply_speed_mode, check_speed_mode, default_speed_mode
 
 log = logging.getLogger(__name__)
 _warned_negative_prompt = False
@@ -84,6 +87,7 @@ class Ideogram4Pipeline:
         self.limits = limits
         self._encoded: tuple[str, torch.Tensor] | None = None  # last prompt and its features (on the CPU)
         self._lora_files: dict[str, tuple[str, str]] = {}  # LoRA name -> (target, sha256 of its file)
+        self.mode = "eager"  # the speed mode the DiTs run in (set_mode)
 
     # DiffSynth's names for the two DiTs, so `pipe.load_lora(pipe.dit, path)` works as there.
     @property
@@ -108,6 +112,8 @@ class Ideogram4Pipeline:
         fp8: str = "auto",
         source: str | None = None,
         unconditional: str = "dit",
+        mode: str | None = None,
+        compile_cache: str | os.PathLike | None = None,
     ) -> "Ideogram4Pipeline":
         """Load from a repo id / local folder (`model`), or DiffSynth-style `model_configs`.
 
@@ -120,6 +126,10 @@ class Ideogram4Pipeline:
         or "cpu". `fp8="keep"` stores fp8 checkpoints as fp8 (half the memory); "dequantize" widens
         them once at load (faster steps); "auto" dequantises only in `full` mode on a GPU with room for
         it. `source` picks "huggingface" (default) or "modelscope".
+
+        `mode` is the speed mode (ideogram_app/speed): "eager", "exact" (compiled; the default on CUDA)
+        or "fast" (FP8 GEMMs; keeps fp8 checkpoints fp8 under `fp8="auto"`); `compile_cache` is a
+        folder that keeps compiled kernels across restarts.
         """
         if (model is None) == (model_configs is None):
             raise ValueError("pass either a model id/folder or model_configs=[ModelConfig(...), ...]")
@@ -134,7 +144,8 @@ class Ideogram4Pipeline:
         if unconditional == "lora":
             paths = dataclasses.replace(paths, unconditional_transformer=None)
         return cls.from_components(paths, torch_dtype=torch_dtype, device=device, memory=memory, fp8=fp8,
-                                   model_name=name, warn_single_dit=unconditional == "dit")
+                                   model_name=name, warn_single_dit=unconditional == "dit", mode=mode,
+                                   compile_cache=compile_cache)
 
     @classmethod
     def from_components(
@@ -147,10 +158,15 @@ class Ideogram4Pipeline:
         fp8: str = "auto",
         model_name: str = "",
         warn_single_dit: bool = True,
+        mode: str | None = None,
+        compile_cache: str | os.PathLike | None = None,
     ) -> "Ideogram4Pipeline":
         plan = MemoryPlan.create(memory, device)
+        mode = check_speed_mode(mode or default_speed_mode(plan.device))
         if fp8 not in FP8_MODES:
             raise ValueError(f"fp8 mode {fp8!r} is unknown; choose one of {', '.join(FP8_MODES)}")
+        if fp8 == "auto" and mode == "fast":
+            fp8 = "keep"  # the FP8 GEMMs use the checkpoint's own e4m3 weights and row scales
         if fp8 == "auto":
             fp8 = choose_fp8(plan, sum(
                 component_weight_bytes(path, role, "dequantize", torch_dtype)
@@ -178,7 +194,21 @@ class Ideogram4Pipeline:
         for module in (transformer, unconditional, text_encoder, vae):
             if module is not None:
                 plan.place(module)
-        return cls(transformer, text_encoder, text_encoder.tokenizer, vae, unconditional, plan, model_name)
+        pipe = cls(transformer, text_encoder, text_encoder.tokenizer, vae, unconditional, plan, model_name)
+        pipe.set_mode(mode, compile_cache)
+        return pipe
+
+    def set_mode(self, mode: str, compile_cache: str | os.PathLike | None = None) -> None:
+        """Run the DiTs in speed `mode` (ideogram_app/speed). The passes change the modules in place, so
+        a pipeline leaves eager mode once; another mode means loading again."""
+        check_speed_mode(mode)
+        if mode == self.mode:
+            return
+        if self.mode != "eager":
+            raise ValueError(f"this pipeline already runs in {self.mode} mode; load the model again to use {mode} mode")
+        for dit in {id(d): d for d in (self.transformer, self.unconditional_transformer) if d is not None}.values():
+            apply_speed_mode(dit, mode, cache_dir=compile_cache)
+        self.mode = mode
 
     # ----- validation (no model work) ------------------------------------------------------------
     def prepare(
@@ -194,7 +224,7 @@ class Ideogram4Pipeline:
 
         Pass a `GenerationSettings`, or its fields as keywords (width, height, preset,
         num_inference_steps, cfg_scale, guidance_schedule, mu, std, seed, num_images,
-        denoising_strength, input_image); keywords override the fields of `settings`.
+        denoising_strength, input_image, edit_region); keywords override the fields of `settings`.
         """
         unknown = sorted(set(values) - set(SETTING_NAMES))
         if unknown:
@@ -240,6 +270,8 @@ class Ideogram4Pipeline:
         callback: Callable[[int, int], None] | None = None,
         stop_event: threading.Event | None = None,
         output_type: Literal["pil", "latent"] = "pil",
+        preview: Preview | None = None,
+        preview_every: int = 1,
         **values,
     ):
         """Generate. Settings as in `prepare` (DiffSynth's keyword names: cfg_scale, input_image,
@@ -248,9 +280,11 @@ class Ideogram4Pipeline:
         Returns one PIL image (num_images=1) or a list, each carrying its metadata in `image.info`
         (see metadata.py); `output_type="latent"` returns the final normalised latent tokens
         (B, N_img, 128) instead. `callback(step, total)` runs after every step; a set `stop_event`
-        raises GenerationCancelled before the next one."""
+        raises GenerationCancelled before the next one. `preview(step, total, image)` gets a cheap RGB
+        picture of the expected result every `preview_every` steps and at the last (preview.py)."""
         request = self.prepare(prompt, settings, negative_prompt=negative_prompt, rand_device=rand_device, **values)
-        return self.run(request, callback=callback, stop_event=stop_event, output_type=output_type)
+        return self.run(request, callback=callback, stop_event=stop_event, output_type=output_type, preview=preview,
+                        preview_every=preview_every)
 
     @torch.inference_mode()
     def run(
@@ -259,8 +293,10 @@ class Ideogram4Pipeline:
         callback: Callable[[int, int], None] | None = None,
         stop_event: threading.Event | None = None,
         output_type: Literal["pil", "latent"] = "pil",
+        preview: Preview | None = None,
+        preview_every: int = 1,
     ):
-        """Execute a validated request (see `prepare`)."""
+        """Execute a validated request (see `prepare`; `preview` as in `__call__`)."""
         if output_type not in ("pil", "latent"):
             raise ValueError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
         settings = request.settings
@@ -275,17 +311,26 @@ class Ideogram4Pipeline:
             self.transformer, unconditional, features, grid_h, grid_w, settings.num_images, self.memory
         )
         times = settings.times
-        z = initial_noise(settings.seeds, grid_h, grid_w, request.rand_device)
+        z = noise = initial_noise(settings.seeds, grid_h, grid_w, request.rand_device)
+        region = keep = None
         if request.input_image is not None:
             clean = encode_image(self.vae, image_to_tensor(request.input_image), self.memory)
-            z = noised_start(clean, z, times[0])
+            z = noised_start(clean, noise, times[0])
+            if settings.edit_region is not None:  # region.py: only the box is regenerated
+                region = region_mask(settings.edit_region, settings.width, settings.height)
+                keep = keep_outside(region, clean, noise, len(times) - 1, self.memory.device)
+        if preview is not None:  # watches the latents after `keep` (if any) has set them
+            keep = PreviewHook(projection_for(self.vae, self.memory), z, times, grid_h, grid_w, preview, preview_every,
+                               then=keep)
         velocity = dit_pair_velocity(self.transformer, unconditional, conditioning, self.memory, self._pass_scales())
-        z = denoise(velocity, z.to(self.memory.device), times, settings.sampler.guidance, callback, stop_event)
+        z = denoise(velocity, z.to(self.memory.device), times, settings.sampler.guidance, callback, stop_event, keep)
         if stop_event is not None and stop_event.is_set():
             raise GenerationCancelled("generation stopped before decoding")
         if output_type == "latent":
             return z
         pixels = decode_tokens(self.vae, z, grid_h, grid_w, self.memory)
+        if region is not None:
+            pixels = paste_outside(pixels, image_to_tensor(request.input_image), region)
         images = [attach_metadata(image, self._record(request, i)) for i, image in enumerate(tensor_to_images(pixels))]
         return images[0] if len(images) == 1 else images
 
@@ -395,6 +440,7 @@ class Ideogram4Pipeline:
         settings, sampler = request.settings, request.settings.sampler
         return make_record(request.prompt.text, request.prompt.kind, {
             "model": self.model_name,
+            "mode": self.mode,
             "preset": sampler.preset,
             "steps": sampler.steps,
             "guidance": list(sampler.guidance),
@@ -405,6 +451,7 @@ class Ideogram4Pipeline:
             "seed": settings.seeds[index],
             "denoising_strength": settings.denoising_strength,
             "img2img": request.input_image is not None,
+            **({"edit_region": list(settings.edit_region)} if settings.edit_region is not None else {}),
             **({"loras": self.loras} if self._lora_files else {}),
         })
 

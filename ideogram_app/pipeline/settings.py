@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ideogram_app.limits import DEFAULT_LIMITS, LimitError, Limits
+from ideogram_app.pipeline.region import checked_region
 from ideogram_app.pipeline.sampling import PRESETS, SamplerSettings, fit_guidance, schedule
 from ideogram_app.pipeline.sizes import SizeError, check_size
 
@@ -67,7 +68,8 @@ class GenerationSettings:
 
     `input_image` is the img2img start image (a PIL image or a file path); it is decoded later under
     the limits (pipeline/images.py); `denoising_strength` defaults to 1.0 (pure text-to-image) without
-    one and to IMG2IMG_STRENGTH with one. Randomness: `seed` None or -1 picks a random seed now, and image i
+    one and to IMG2IMG_STRENGTH with one. `edit_region` ([y_min, x_min, y_max, x_max] on 0-1000, with an
+    `input_image`) regenerates only that box of the input image and keeps the rest. Randomness: `seed` None or -1 picks a random seed now, and image i
     of a batch uses seed + i.
     """
 
@@ -83,6 +85,7 @@ class GenerationSettings:
     num_images: int = 1
     denoising_strength: float | None = None
     input_image: Any = None
+    edit_region: tuple[int, int, int, int] | None = None
     limits: Limits = field(default=DEFAULT_LIMITS, repr=False, compare=False)
     sampler: SamplerSettings = field(init=False, repr=False, compare=False)
     warnings: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -112,6 +115,7 @@ class GenerationSettings:
         self._set(seed=check("seed", self._checked_seed))
         self._set(denoising_strength=check("denoising_strength", self._checked_strength))
         notes += self._check_input_image(problems)
+        self._set(edit_region=check("edit_region", self._checked_region))
         sampler = check("sampler", self._checked_sampler)
         if sampler is not None:
             check("num_inference_steps", self.limits.check_steps, sampler.steps)
@@ -150,9 +154,18 @@ class GenerationSettings:
             problems.append(("input_image", f"input_image must be a PIL image or a file path, got {type(image).__name__}"))
         if isinstance(self.denoising_strength, float) and self.denoising_strength < 1.0 and image is None:
             problems.append(("input_image", f"denoising_strength {self.denoising_strength} needs an input_image to start from"))
-        if image is not None and self.denoising_strength == 1.0:
+        if image is not None and self.denoising_strength == 1.0 and self.edit_region is None:
             return ["input_image is ignored at denoising_strength=1.0 (pure text-to-image)"]
         return []
+
+    def _checked_region(self) -> tuple[int, int, int, int] | None:
+        """A region edit regenerates one box of `input_image` (pipeline/region.py)."""
+        if self.edit_region is None:
+            return None
+        region = checked_region(self.edit_region)
+        if self.input_image is None:
+            raise ValueError(f"edit_region {list(region)} needs an input_image: the image whose region is regenerated")
+        return region
 
     def _checked_sampler(self) -> SamplerSettings:
         if not isinstance(self.preset, str) or self.preset not in PRESETS:
@@ -206,7 +219,9 @@ class GenerationSettings:
 
     @property
     def img2img(self) -> bool:
-        return self.input_image is not None and self.denoising_strength < 1.0
+        """Whether the run starts from `input_image`: below strength 1, or for any region edit (at 1.0
+        the region starts from pure noise, and the rest is still the input)."""
+        return self.input_image is not None and (self.denoising_strength < 1.0 or self.edit_region is not None)
 
     def with_changes(self, **changes) -> "GenerationSettings":
         """A copy with some fields changed, validated again (the derived fields are recomputed)."""
