@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transformer", default=None, metavar="PATH",
                    help="conditional DiT to use instead of the model's own: a full fine-tune's output folder "
                         "(python -m ideogram_app.train --trainable_models dit) or any transformer/ folder")
-    p.add_argument("--memory", default="full", choices=MEMORY_MODES, help="full | offload | cpu")
+    p.add_argument("--memory", default="full", choices=MEMORY_MODES, help=" | ".join(MEMORY_MODES))
     p.add_argument("--mode", default=None, choices=SPEED_MODES,
                    help="speed mode: eager, exact (compiled, the default on CUDA) or fast (FP8 GEMMs; images differ "
                         "slightly); eager is the default on CPU")
