@@ -1,4 +1,5 @@
-"""Shipped examples: the DiffSynth Formula 1 caption and six templates, all canonical and clean."""
+"""Shipped examples: the DiffSynth Formula 1 caption and six templates, all canonical and clean, each with
+the aspect ratio and size it was laid out for."""
 import json
 from pathlib import Path
 
@@ -55,3 +56,37 @@ def test_docs_list_every_verifier_code_with_its_severity():
     docs = (ROOT / "docs" / "caption.md").read_text(encoding="utf-8")
     for code, severity in CODES.items():
         assert f"| `{code}` | {severity} |" in docs
+
+
+def test_every_template_carries_its_aspect_and_a_valid_size():
+    """The size is a multiple of 16 the model takes without a warning, about 1 MP, and has the named
+    ratio (within one 16 px step of rounding)."""
+    from ideogram_app.caption.templates import template_format
+    from ideogram_app.pipeline.sizes import MULTIPLE, check_size
+
+    for name in list_templates():
+        fmt = template_format(name)
+        assert check_size(fmt.width, fmt.height) == [], name
+        assert 0.85 <= fmt.width * fmt.height / 1024**2 <= 1.1, name
+        w, h = (int(part) for part in fmt.aspect.split(":"))
+        assert abs(fmt.width * h / w - fmt.height) <= MULTIPLE, (name, fmt)
+        assert fmt.title and fmt.orientation in {"square", "portrait", "landscape"}
+
+
+def test_the_portrait_templates_are_portrait():
+    from ideogram_app.caption.templates import template_format
+
+    assert template_format("app_ui_mock").orientation == "portrait"
+    assert (template_format("app_ui_mock").width, template_format("app_ui_mock").height) == (768, 1360)
+    assert template_format("portrait_photo").orientation == "portrait"
+    assert template_format("logo").orientation == "square"
+
+
+def test_a_template_without_a_format_names_the_table(monkeypatch):
+    from ideogram_app.caption import templates
+
+    monkeypatch.delitem(templates.TEMPLATE_FORMATS, "logo")
+    with pytest.raises(KeyError, match="no entry in TEMPLATE_FORMATS"):
+        templates.template_format("logo")
+    with pytest.raises(KeyError, match="no template 'nope'"):
+        templates.template_format("nope")
