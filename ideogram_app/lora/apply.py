@@ -129,9 +129,10 @@ def apply_lora(
 ) -> LoraReport:
     """Attach a LoRA (a file path or a `LoraFile` from `read_lora`) to `model` under `name`.
 
-    `merge=True` adds it into the weights (bf16/fp16/fp32 linears only; fp8-kept and NF4 bases run
-    it unmerged). Raises UnreadableLora / RejectedLora for a bad file, ValueError for a taken name,
-    a bad scale or a merge the base cannot take — always before the model is changed.
+    `merge=True` adds it into the weights (bf16/fp16/fp32 linears, and fast mode's `Fp8GemmLinear`s by
+    re-quantising; fp8-kept and NF4 bases run it unmerged). Raises UnreadableLora / RejectedLora for a
+    bad file, ValueError for a taken name, a bad scale or a merge the base cannot take — always before
+    the model is changed.
     """
     targets = lora_targets(model)
     if not isinstance(lora, LoraFile):
