@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "slightly); eager is the default on CPU")
     p.add_argument("--compile-cache", default=None, metavar="FOLDER",
                    help="keep compiled kernels here across runs (exact and fast modes)")
+    p.add_argument("--devices", default=None, metavar="cuda:0,cuda:1",
+                   help="two GPUs run CFG-parallel (the unconditional DiT on the second); 'auto' takes two when "
+                        "there are two, else one")
     p.add_argument("--device", default=None, help="compute device (default cuda if available, else cpu)")
     p.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     p.add_argument("--fp8", default="auto", choices=FP8_MODES,
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         options = dict(torch_dtype=getattr(torch, args.dtype), device=args.device, memory=args.memory, fp8=args.fp8,
-                       mode=args.mode, compile_cache=args.compile_cache)
+                       mode=args.mode, compile_cache=args.compile_cache, devices=args.devices)
         if args.transformer is None:
             pipe = Ideogram4Pipeline.from_pretrained(args.model, **options)
         else:  # the model's other components around another conditional DiT; the metadata names both

@@ -17,7 +17,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, fields
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from PIL import Image
@@ -43,8 +43,8 @@ from ideogram_app.pipeline.region import keep_outside, paste_outside, region_mas
 from ideogram_app.pipeline.sampling import GenerationCancelled, denoise
 from ideogram_app.pipeline.settings import GenerationSettings
 from ideogram_app.pipeline.sizes import token_grid
-from ideogram_app.pipeline.velocity import dit_pair_velocity
 from ideogram_app.speed import apply_speed_mode, check_speed_mode, default_speed_mode
+from ideogram_app.speed.cfg_parallel import cfg_velocity, parse_devices, place_for_cfg_parallel
 
 log = logging.getLogger(__name__)
 _warned_negative_prompt = False
@@ -88,6 +88,7 @@ class Ideogram4Pipeline:
         self._encoded: tuple[str, torch.Tensor] | None = None  # last prompt and its features (on the CPU)
         self._lora_files: dict[str, tuple[str, str]] = {}  # LoRA name -> (target, sha256 of its file)
         self.mode = "eager"  # the speed mode the DiTs run in (set_mode)
+        self.devices: tuple[torch.device, ...] = (self.memory.device,)  # two: CFG-parallel (use_devices)
 
     # DiffSynth's names for the two DiTs, so `pipe.load_lora(pipe.dit, path)` works as there.
     @property
@@ -114,6 +115,7 @@ class Ideogram4Pipeline:
         unconditional: str = "dit",
         mode: str | None = None,
         compile_cache: str | os.PathLike | None = None,
+        devices: str | Sequence[str | torch.device] | None = None,
     ) -> "Ideogram4Pipeline":
         """Load from a repo id / local folder (`model`), or DiffSynth-style `model_configs`.
 
@@ -129,10 +131,16 @@ class Ideogram4Pipeline:
 
         `mode` is the speed mode (ideogram_app/speed): "eager", "exact" (compiled; the default on CUDA)
         or "fast" (FP8 GEMMs; keeps fp8 checkpoints fp8 under `fp8="auto"`); `compile_cache` is a
-        folder that keeps compiled kernels across restarts.
+        folder that keeps compiled kernels across restarts. `devices="cuda:0,cuda:1"` runs CFG-parallel
+        (the unconditional DiT on the second GPU, every step's two passes at once; docs/speed.md);
+        "auto" takes two GPUs when there are two and one otherwise.
         """
         if (model is None) == (model_configs is None):
             raise ValueError("pass either a model id/folder or model_configs=[ModelConfig(...), ...]")
+        if mode is not None:
+            check_speed_mode(mode)
+        if devices is not None:
+            parse_devices(devices)
         if model is not None:
             paths = components_from_model(model, source=source)
             name = os.fspath(model)
@@ -145,7 +153,7 @@ class Ideogram4Pipeline:
             paths = dataclasses.replace(paths, unconditional_transformer=None)
         return cls.from_components(paths, torch_dtype=torch_dtype, device=device, memory=memory, fp8=fp8,
                                    model_name=name, warn_single_dit=unconditional == "dit", mode=mode,
-                                   compile_cache=compile_cache)
+                                   compile_cache=compile_cache, devices=devices)
 
     @classmethod
     def from_components(
@@ -160,8 +168,10 @@ class Ideogram4Pipeline:
         warn_single_dit: bool = True,
         mode: str | None = None,
         compile_cache: str | os.PathLike | None = None,
+        devices: str | Sequence[str | torch.device] | None = None,
     ) -> "Ideogram4Pipeline":
-        plan = MemoryPlan.create(memory, device)
+        where_each = _devices_for(devices, memory, paths)
+        plan = MemoryPlan.create(memory, where_each[0] if where_each else device)
         mode = check_speed_mode(mode or default_speed_mode(plan.device))
         if fp8 not in FP8_MODES:
             raise ValueError(f"fp8 mode {fp8!r} is unknown; choose one of {', '.join(FP8_MODES)}")
@@ -184,8 +194,8 @@ class Ideogram4Pipeline:
                 )
         else:
             unconditional = load_transformer(
-                paths.unconditional_transformer, device=where, dtype=torch_dtype, fp8=fp8,
-                subfolder="unconditional_transformer",
+                paths.unconditional_transformer, device=where_each[-1] if where_each else where, dtype=torch_dtype,
+                fp8=fp8, subfolder="unconditional_transformer",
             )
         text_encoder = load_text_encoder(
             paths.text_encoder, device=where, dtype=torch_dtype, fp8=fp8, tokenizer_path=paths.tokenizer
@@ -195,8 +205,23 @@ class Ideogram4Pipeline:
             if module is not None:
                 plan.place(module)
         pipe = cls(transformer, text_encoder, text_encoder.tokenizer, vae, unconditional, plan, model_name)
+        if len(where_each) == 2:
+            pipe.use_devices(where_each)
         pipe.set_mode(mode, compile_cache)
         return pipe
+
+    def use_devices(self, devices: str | Sequence[str | torch.device]) -> None:
+        """CFG-parallel: keep the unconditional DiT on the second of two GPUs and everything else on the
+        first (ideogram_app/speed/cfg_parallel.py). One device puts everything back on it."""
+        devices = parse_devices(devices)
+        if len(devices) == 2:
+            self.memory = place_for_cfg_parallel(
+                transformer=self.transformer, unconditional=self.unconditional_transformer,
+                text_encoder=self.text_encoder, vae=self.vae, devices=devices,
+            )
+        elif self.unconditional_transformer is not None:
+            self.memory.place(self.unconditional_transformer)
+        self.devices = devices
 
     def set_mode(self, mode: str, compile_cache: str | os.PathLike | None = None) -> None:
         """Run the DiTs in speed `mode` (ideogram_app/speed). The passes change the modules in place, so
@@ -322,7 +347,7 @@ class Ideogram4Pipeline:
         if preview is not None:  # watches the latents after `keep` (if any) has set them
             keep = PreviewHook(projection_for(self.vae, self.memory), z, times, grid_h, grid_w, preview, preview_every,
                                then=keep)
-        velocity = dit_pair_velocity(self.transformer, unconditional, conditioning, self.memory, self._pass_scales())
+        velocity = cfg_velocity(self.transformer, unconditional, conditioning, self.memory, self.devices, self._pass_scales())
         z = denoise(velocity, z.to(self.memory.device), times, settings.sampler.guidance, callback, stop_event, keep)
         if stop_event is not None and stop_event.is_set():
             raise GenerationCancelled("generation stopped before decoding")
@@ -441,6 +466,7 @@ class Ideogram4Pipeline:
         return make_record(request.prompt.text, request.prompt.kind, {
             "model": self.model_name,
             "mode": self.mode,
+            **({"devices": [str(d) for d in self.devices]} if len(self.devices) == 2 else {}),
             "preset": sampler.preset,
             "steps": sampler.steps,
             "guidance": list(sampler.guidance),
@@ -454,6 +480,23 @@ class Ideogram4Pipeline:
             **({"edit_region": list(settings.edit_region)} if settings.edit_region is not None else {}),
             **({"loras": self.loras} if self._lora_files else {}),
         })
+
+
+def _devices_for(devices, memory: str, paths: ComponentPaths) -> tuple[torch.device, ...]:
+    """The devices a load asks for, checked before any file is read: () for the ordinary `device`
+    argument, one device, or two for CFG-parallel (which keeps every weight resident, so only the
+    `full` memory mode, and needs the unconditional DiT)."""
+    if devices is None:
+        return ()
+    parsed = parse_devices(devices)
+    if len(parsed) == 2:
+        if memory != "full":
+            raise ValueError(f"CFG-parallel on {', '.join(map(str, parsed))} keeps both DiTs resident; it runs with "
+                             f"memory='full', not {memory!r}")
+        if paths.unconditional_transformer is None:
+            raise ValueError("CFG-parallel puts the unconditional transformer on the second GPU; this model has none "
+                             "(or unconditional='lora' left it out): use one device")
+    return parsed
 
 
 def _warn_negative_prompt(negative_prompt: str) -> None:

@@ -1,0 +1,46 @@
+"""Speed modes and devices as the pipeline and the CLI take them: checked before any file is read,
+recorded in the image metadata, one mode per loaded pipeline."""
+import json
+
+import pytest
+import torch
+
+from ideogram_app.generate import main as generate_main
+from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
+from ideogram_app.speed.cfg_parallel import DeviceError
+
+
+def test_unknown_mode_and_impossible_devices_are_refused_before_loading(tmp_path):
+    missing = tmp_path / "no-such-model"  # never read: the checks come first
+    with pytest.raises(ValueError, match="speed mode 'turbo' is unknown; choose one of eager, exact, fast"):
+        Ideogram4Pipeline.from_pretrained(missing, device="cpu", memory="cpu", mode="turbo")
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(DeviceError, match=r"cuda:[01] does not exist; this machine has (no|1) CUDA GPU"):
+            Ideogram4Pipeline.from_pretrained(missing, devices="cuda:0,cuda:1")
+
+
+def test_mode_is_recorded_and_a_pipeline_leaves_eager_mode_once(tiny_repo):
+    pipe = Ideogram4Pipeline.from_pretrained(tiny_repo, device="cpu", memory="cpu", torch_dtype=torch.float32)
+    assert pipe.mode == "eager" and pipe.devices == (torch.device("cpu"),)
+    image = pipe("a red square", width=64, height=64, seed=1, num_inference_steps=2)
+    assert json.loads(image.info["ideogram4"])["settings"]["mode"] == "eager"
+    pipe.set_mode("eager")  # the mode it has: nothing to do
+    pipe.mode = "exact"  # as if compiled: another mode now needs a fresh load
+    with pytest.raises(ValueError, match="already runs in exact mode; load the model again to use fast mode"):
+        pipe.set_mode("fast")
+
+
+def test_one_device_list_is_the_ordinary_pipeline(tiny_repo):
+    plain = Ideogram4Pipeline.from_pretrained(tiny_repo, device="cpu", memory="cpu", torch_dtype=torch.float32)
+    listed = Ideogram4Pipeline.from_pretrained(tiny_repo, devices="cpu", memory="cpu", torch_dtype=torch.float32)
+    assert listed.devices == (torch.device("cpu"),)
+    a = plain("a red square", width=64, height=64, seed=3, num_inference_steps=2, output_type="latent")
+    b = listed("a red square", width=64, height=64, seed=3, num_inference_steps=2, output_type="latent")
+    assert torch.equal(a, b)
+
+
+def test_cli_refuses_an_unknown_mode_with_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        generate_main(["--model", "x", "--caption", "hi", "--out", "o.png", "--mode", "warp"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'warp' (choose from eager, exact, fast)" in capsys.readouterr().err
