@@ -6,6 +6,8 @@ a wrong name fails here, at build time.
 """
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 
 from ideogram_app.limits import DEFAULT_LIMITS, Limits
@@ -42,14 +44,60 @@ at `/gradio_api/mcp/` (not together with a login: see docs/app.md, "Who may do w
 """
 
 
+# The studio's look, and Ctrl/Cmd+Enter for Generate. Gradio 6 takes page CSS and JS only as launch()
+# arguments, which `python app.py`, a Space and the tests each pass differently, so the page installs
+# them itself: one gr.HTML whose script adds the style sheet and the key handler once per page.
+STUDIO_CSS = """
+.gradio-container { padding-top: 6px !important; }
+#licence-note { margin: 0 0 2px; }
+#licence-note h1 { font-size: 1.15rem; margin: 0; display: inline; }
+#licence-note p { font-size: 12px; margin: 0; color: var(--body-text-color-subdued); }
+#studio { gap: 12px; align-items: flex-start; }
+#studio-inspector, #studio-run { position: sticky; top: 4px; max-height: calc(100vh - 8px); overflow-y: auto;
+  overscroll-behavior: contain; scrollbar-width: thin; padding-right: 2px; }
+#studio-inspector { gap: 6px; }
+#studio-toolbar { gap: 4px; align-items: center; flex-wrap: wrap; }
+#studio-toolbar button { font-weight: 500; }
+#layout-canvas .lc-toolbar button[data-tool="undo"], #layout-canvas .lc-toolbar button[data-tool="redo"] { display: none; }
+#plain-text-note { border: 1px dashed var(--border-color-primary); border-radius: 8px; padding: 12px 14px;
+  background: var(--background-fill-secondary); }
+#run-bar { gap: 8px; }
+#generate-btn { font-size: 1.05rem; font-weight: 600; min-height: 44px; }
+#stop-btn { min-height: 44px; }
+#gen-status { min-height: 1.4em; font-size: 13px; }
+#gen-status p { margin: 0; }
+#size-note { font-size: 12px; color: var(--body-text-color-subdued); margin-top: -6px; }
+#size-note p { margin: 0; }
+#token-count p { margin: 0; font-size: 13px; }
+"""
+STUDIO_JS = """
+if (!window.__ideogramStudio) {
+  window.__ideogramStudio = true;
+  const style = document.createElement('style');
+  style.textContent = %s;
+  document.head.appendChild(style);
+  document.addEventListener('keydown', (event) => {
+    if (event.key !== 'Enter' || !(event.ctrlKey || event.metaKey) || event.repeat) return;
+    const button = document.querySelector('#generate-btn');
+    if (!button || button.disabled || button.offsetParent === null) return;
+    event.preventDefault();
+    if (document.activeElement && document.activeElement.blur) document.activeElement.blur();  // as a click would
+    button.click();
+  });
+}
+"""
+
+
 def build_demo(slot: ModelSlot, limits: Limits = DEFAULT_LIMITS, policy: Policy = Policy()) -> gr.Blocks:
     """The whole app for one model slot; every request is checked against `limits`, and `policy`
     decides who may change the model (the default: `python app.py` on this machine)."""
     gr.set_static_paths([str(output_dir())])
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600), fill_width=True) as demo:
         ui = Components(demo, limits)
         expander = Expander()  # the prompt-expansion backend, from the environment (ui/expansion.py)
-        gr.Markdown(f"# {TITLE}\nDraw boxes, describe them, generate. {LICENCE_NOTE}", elem_id="licence-note")
+        gr.HTML("", js_on_load=STUDIO_JS % json.dumps(STUDIO_CSS), apply_default_css=False, padding=False,
+                elem_id="studio-shell")
+        gr.Markdown(f"# {TITLE}\n{LICENCE_NOTE}", elem_id="licence-note")
         with gr.Tab("Compose & generate"):
             ComposeTab(slot, limits, policy, expander).build(ui)
         with gr.Tab("Model"):

@@ -12,7 +12,7 @@ from ideogram_app.caption import Issue, verify
 from ideogram_app.model.prompt_tokenizer import MAX_TEXT_TOKENS
 
 from .markup import code, escape
-from .state import EditorState
+from .state import EditorState, empty_caption
 
 ELEMENT_PALETTE_SLOTS = 5
 IMAGE_PALETTE_SLOTS = 16
@@ -42,6 +42,15 @@ def json_text(state: EditorState) -> str:
 
 def element_path(index: int) -> str:
     return f"compositional_deconstruction.elements[{index}]"
+
+
+BLANK_NOTE = "Nothing to check yet: draw a box, pick a template or paste a caption."
+
+
+def is_blank(state: EditorState) -> bool:
+    """The empty caption a session starts with: the verifier would call its empty background an
+    error, but nobody has made a mistake yet, so the views show no issue for it."""
+    return state.plain_text is None and state.caption == empty_caption()
 
 
 def caption_issues(state: EditorState) -> list[Issue]:

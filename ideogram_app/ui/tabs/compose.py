@@ -47,16 +47,19 @@ from .. import editor, views
 from ..canvas import LayoutCanvas
 from ..editor import MEDIUM_CHOICES, CanvasOpError, prompt_text
 from ..expansion import Expander, expansion_note
-from ..generation import (DEFAULTS, PRESET_BY_NAME, PRESET_LABELS, GenerationFailed, StopSignals, checked_size,
-                          describe_problems, generate_images, settings_from_controls)
+from ..history import HistoryPanel
+from ..generation import (DEFAULTS, PRESET_BY_NAME, PRESET_LABELS, DecodeTimes, GenerationFailed, LiveRuns, RunClock,
+                          StopSignals, checked_size, describe_problems, generate_images, settings_from_controls)
 from ..loras import (MAX_LORAS, PICKER, SCALE_MAX, SCALE_MIN, add_lora_file, checked_selection, picker_update,
                      restore_selection, upload_file_name)
 from ..markup import escape
-from ..model_slot import ModelNotLoadedError, ModelSlot
+from ..model_slot import HOW_TO_GET_WEIGHTS, ModelSlot
 from ..policy import Policy
+from ..region_edit import RegionEditPanel
 from ..results import (describe_loras, gallery_items, is_browser_id, list_results, new_browser_id, output_dir,
                        overlay_for, owner_folder, result_details, results_dir, save_results, scratch_file)
 from ..state import EditorState, empty_caption
+from ..templates_gallery import TemplateGallery
 from ..uploads import CheckedImage, limit_pillow, read_text_upload, upload_name
 from ..views import ELEMENT_PALETTE_SLOTS, IMAGE_PALETTE_SLOTS
 from ..wiring import GLUE, GPU, Components, check_text, emits, inform, warn
@@ -65,9 +68,19 @@ CUSTOM_SIZE = "custom"
 STYLE_FIELD_LABELS = {"photo": "photo (camera, lens, film, framing)", "art": "art_style (technique, school, look)"}
 # The Generate panel's labels, keyed by the GenerationSettings field each control sets, so an error
 # about a field names the control (`size` and `sampler` are the settings' names for combined checks).
-SETTING_LABELS = {"preset": "Preset", "sampler": "Preset", "num_inference_steps": "Preset", "width": "Width",
-                  "height": "Height", "size": "Width × Height", "seed": "Seed", "num_images": "Number of images",
-                  "input_image": "Input image", "denoising_strength": "Strength", PICKER: "LoRAs"}
+SETTING_LABELS = {"preset": "Preset", "sampler": "Preset", "num_inference_steps": "Steps", "width": "Width",
+                  "height": "Height", "size": "Width × Height", "seed": "Seed", "num_images": "Images",
+                  "cfg_scale": "Guidance", "input_image": "Input image", "denoising_strength": "Strength",
+                  PICKER: "LoRAs"}
+GENERATE_LABEL, RUNNING_LABEL = "Generate  (Ctrl+Enter)", "Generating…"
+PLAIN_TEXT_NOTE = ("**Plain-text prompt.** The caption JSON box holds prose, so the model gets it as it is and the "
+                   "layout canvas is not used. Paste or type a JSON caption, pick a template, or press Undo to "
+                   "bring the layout back.")
+# Not Markdown: a toast shows text as it is (HOW_TO_GET_WEIGHTS, with its formatting, goes to the status line).
+NO_MODEL = ("No model is loaded yet, so nothing was generated. Open the Model tab, pick a variant or a local "
+            "folder and press Load model (or start the app with --model). Composing works without a model.")
+LIVE_TICK_S = 0.5  # how often a running page asks for its run's phase and latest preview
+LIVE_HEIGHT = RESULTS_HEIGHT = 420
 
 # Output names. Those of the inspector and the scene are the keys of views.inspector_values and
 # views.scene_values; "el_palette" and "palette" are the rows of colour pickers.
@@ -79,6 +92,8 @@ EDITOR_VIEW = ("state", "saved", "canvas", "issues_all", "issues_element", "issu
 SIZE_VIEW = ("state", "saved", "canvas", "width", "height", "size_note", "aspect")
 RESULT_VIEW = ("selected_result", "result_settings", "overlay")
 GENERATE_VIEW = ("results", "gallery", "seed", "gen_status", *RESULT_VIEW)
+# A run's page furniture: the buttons' state while it runs, the live preview and the timer that fetches it.
+RUN_VIEW = ("generate", "stop", "gen_status", "live_timer", "live_seen", "live_preview")
 # The LoRA picker: the dropdown (PICKER), which LoRAs the scale sliders stand for ("lora_shown", a
 # State), and the sliders themselves ("lora_scales": a view over LORA_SCALES; its value is the
 # selection [(file name, scale), ...], slider i showing the i-th selected LoRA).
@@ -86,7 +101,7 @@ LORA_SCALES = tuple(f"lora_scale_{i}" for i in range(MAX_LORAS))
 LORA_VIEW = (PICKER, "lora_shown", "lora_scales")
 OPEN_VIEW = (*EDITOR_VIEW, "preset", "seed", "randomize", "width", "height", "aspect", *LORA_VIEW)
 PAGE_LOAD_VIEW = (*EDITOR_VIEW, "width", "height", "aspect", "size_note", "browser_id", "results", "gallery", PICKER,
-                  "lora_upload")
+                  "lora_upload", *RESULT_VIEW)
 # Browser storage (localStorage). The keys and the secret are fixed so that a restarted server (a new
 # process) reads what the page stored; the secret is sent to every page anyway, it only keeps other
 # scripts on the same origin from reading the caption by accident.
@@ -110,6 +125,11 @@ def _needs_session(handler):
     return checked
 
 
+def _session(request: gr.Request | None) -> str:
+    """The browser session a request comes from ("local" when a handler is called directly)."""
+    return request.session_hash if request is not None else "local"
+
+
 def _named(handler, name: str):
     """Give a handler made by a factory its own name (Gradio shows it; errors cite it)."""
     handler.__name__ = name
@@ -127,87 +147,116 @@ class ComposeTab:
         self.policy = policy  # who may add files to the shared LoRA folder; who sees the expansion server's URL
         self.expander = expander if expander is not None else Expander()
         self.stops = StopSignals()
+        self.live = LiveRuns()  # each session's running generation: phase label and latest preview
+        self.decode_times = DecodeTimes()
 
     # ---- layout and wiring -------------------------------------------------------------------
 
     def build(self, ui: Components) -> None:
         """Create the tab's components inside the current gr.Tab and wire their events. Also sets
-        Pillow's bound on decoded pixels from the limits (uploads.py)."""
-        limit_pillow(self.limits)
-        self._layout_editor(ui)
-        self._layout_generate(ui)
-        self._wire_editor(ui)
-        self._wire_generate(ui)
+        Pillow's bound on decoded pixels from the limits (uploads.py).
 
-    def _layout_editor(self, ui: Components) -> None:
+        One screen (docs/app.md, "Compose"): the inspector on the left, the canvas in the middle and
+        the Generate panel with the latest result on the right, so that drawing, generating and
+        looking at the result need no scrolling at 1440 x 900; everything secondary sits in closed
+        accordions."""
+        limit_pillow(self.limits)
         ui.add("state", gr.State(EditorState(placeholder=True)))
         ui.add("saved", gr.BrowserState(None, storage_key=SAVED_KEY, secret=STORAGE_SECRET))
         ui.add("browser_id", gr.BrowserState(None, storage_key=BROWSER_ID_KEY, secret=STORAGE_SECRET))
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3):
-                ui.add("canvas", LayoutCanvas(elem_id="layout-canvas"))
-                with gr.Row():
-                    ui.add("template", gr.Dropdown(list_templates(), label="Template", value=None, scale=3))
-                    ui.add("load_template", gr.Button("Reload template", scale=1))
-                    ui.add("add_obj", gr.Button("+ obj element", scale=1))
-                    ui.add("add_text", gr.Button("+ text element", scale=1))
-                with gr.Accordion("Canvas background (reference or last result)", open=False):
+        ui.add("results", gr.State([]))
+        ui.add("selected_result", gr.State(None))
+        with gr.Row(equal_height=False, elem_id="studio"):
+            with gr.Column(scale=3, min_width=280, elem_id="studio-inspector"):
+                self._layout_inspector(ui)
+            with gr.Column(scale=6, min_width=420, elem_id="studio-canvas"):
+                self._layout_canvas(ui)
+            with gr.Column(scale=4, min_width=340, elem_id="studio-run"):
+                self._layout_generate(ui)
+        self._wire_editor(ui)
+        self._wire_generate(ui)
+        HistoryPanel(self.slot, self.limits, self.stops, self._result_view).build(ui)  # ui/history.py
+        RegionEditPanel(self.slot, self.limits, self.stops, self._result_view).build(ui)  # ui/region_edit.py
+        TemplateGallery(self).build(ui)  # the template side panel (ui/templates_gallery.py)
+
+    def _layout_canvas(self, ui: Components) -> None:
+        """The canvas and the one toolbar of caption actions above it (templates, add, undo/redo,
+        import/export). In plain-text mode the canvas is hidden and a note says why (see `editor_view`)."""
+        with gr.Row(elem_id="studio-toolbar", equal_height=True):
+            ui.add("template", gr.Dropdown(list_templates(), label="Template", value=None, show_label=False,
+                                           container=False, scale=3, min_width=140, elem_id="template-pick"))
+            ui.add("load_template", gr.Button("Reload", size="sm", scale=0, min_width=60))
+            ui.add("add_obj", gr.Button("+ obj", size="sm", scale=0, min_width=60))
+            ui.add("add_text", gr.Button("+ text", size="sm", scale=0, min_width=60))
+            ui.add("undo", gr.Button("↶ Undo", size="sm", scale=0, min_width=70, elem_id="undo-btn"))
+            ui.add("redo", gr.Button("↷ Redo", size="sm", scale=0, min_width=70, elem_id="redo-btn"))
+            ui.add("import", gr.UploadButton("Import caption / PNG", file_types=[".json", ".txt", ".png"], type="filepath",
+                                             size="sm", scale=0, min_width=70, elem_id="import-btn"))
+            ui.add("export", gr.Button("Export", size="sm", scale=0, min_width=70))
+        ui.add("export_file", gr.File(label="Exported caption", interactive=False, visible=False))
+        plain_note = gr.Markdown(PLAIN_TEXT_NOTE, visible=False, elem_id="plain-text-note")
+        canvas = LayoutCanvas(elem_id="layout-canvas")
+
+        def show_canvas(value: dict, result: dict) -> dict:
+            """The canvas, hidden in plain-text mode (its boxes would be stale: the model reads none)."""
+            state = result.get("state")
+            if not isinstance(state, EditorState):
+                return {canvas: value}
+            plain = state.plain_text is not None
+            return {canvas: gr.update(value=value, visible="hidden" if plain else True),
+                    plain_note: gr.update(visible=plain)}
+
+        ui.add("canvas", canvas, also=(plain_note,), render=show_canvas)
+
+    def _layout_inspector(self, ui: Components) -> None:
+        ui.add("tokens", gr.Markdown(elem_id="token-count"))
+        with gr.Accordion("Selected element", open=True, elem_id="element-panel"):
+            ui.add("el_title", gr.Markdown())
+            ui.add("el_type", gr.Radio(["obj", "text"], label="Type", value="obj"))
+            ui.add("el_text", gr.Textbox(label="Literal text to render (multi-line)", lines=2,
+                                         elem_id="element-text"))
+            ui.add("el_desc", gr.Textbox(label="Description", lines=2, elem_id="element-desc"))
+            ui.add("el_has_box", gr.Checkbox(label="Has a box (off: the model places it)", value=False))
+            ui.add("el_palette_count", gr.Slider(0, ELEMENT_PALETTE_SLOTS, step=1, value=0,
+                                                 label="Element palette: number of colours"))
+            with gr.Row():
+                el_pickers = [ui.add(name, gr.ColorPicker(label=f"{i + 1}", visible=False, min_width=60))
+                              for i, name in enumerate(EL_PICKERS)]
+            ui.add("issues_element", gr.Markdown())
+        with gr.Accordion("Scene", open=True, elem_id="scene-panel"):
+            with gr.Row(equal_height=True):
+                ui.add("hld", gr.Textbox(label="High-level description", lines=2, elem_id="scene-hld", scale=4))
+                ui.add("expand", gr.Button("Expand", elem_id="expand-btn", size="sm", scale=1, min_width=80))
+            ui.add("expand_note", gr.Markdown(
+                "Expand: a language model writes the whole caption from the description (or the "
+                "plain-text prompt), keeping your elements.", elem_id="expand-note"))
+            ui.add("background", gr.Textbox(label="Background", lines=2, elem_id="scene-background"))
+            style_kind = gr.Radio(["none", "photo", "art"], value="none", label="Style block")
+            with gr.Column(visible=False) as style_box:
+                ui.add("aesthetics", gr.Textbox(label="aesthetics"))
+                ui.add("lighting", gr.Textbox(label="lighting"))
+                photo_or_art = ui.add("photo_or_art", gr.Textbox(label=STYLE_FIELD_LABELS["photo"]))
+                ui.add("medium", gr.Dropdown(list(MEDIUM_CHOICES), label="medium", allow_custom_value=True))
+                ui.add("palette_count", gr.Slider(0, IMAGE_PALETTE_SLOTS, step=1, value=0,
+                                                  label="Image palette: number of colours"))
+                scene_pickers = []
+                for start in range(0, IMAGE_PALETTE_SLOTS, 8):
                     with gr.Row():
-                        ui.add("canvas_bg", CheckedImage(label="Reference image", type="filepath", height=160,
-                                                         image_mode=None, limits=self.limits))
-                        with gr.Column():
-                            ui.add("canvas_opacity", gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Opacity"))
-                            ui.add("use_last", gr.Button("Use the last result"))
-                ui.add("json", gr.Textbox(label="Caption JSON (edit or paste; the model receives the compact form)",
-                                          elem_id="caption-json", lines=14, max_lines=28, buttons=["copy"]))
-                ui.add("json_status", gr.Markdown(elem_id="json-status"))
-                with gr.Row():
-                    ui.add("import", gr.UploadButton("Import caption / PNG", file_types=[".json", ".txt", ".png"],
-                                                     type="filepath"))
-                    ui.add("export", gr.Button("Export caption"))
-                    ui.add("undo", gr.Button("Undo", elem_id="undo-btn"))
-                    ui.add("redo", gr.Button("Redo"))
-                ui.add("export_file", gr.File(label="Exported caption", interactive=False, visible=False))
-            with gr.Column(scale=2):
-                ui.add("tokens", gr.Markdown(elem_id="token-count"))
-                with gr.Accordion("Selected element", open=True):
-                    ui.add("el_title", gr.Markdown())
-                    ui.add("el_type", gr.Radio(["obj", "text"], label="Type", value="obj"))
-                    ui.add("el_text", gr.Textbox(label="Literal text to render (multi-line)", lines=2,
-                                                 elem_id="element-text"))
-                    ui.add("el_desc", gr.Textbox(label="Description", lines=3, elem_id="element-desc"))
-                    ui.add("el_has_box", gr.Checkbox(label="Has a box (off: the model places it)", value=False))
-                    ui.add("el_palette_count", gr.Slider(0, ELEMENT_PALETTE_SLOTS, step=1, value=0,
-                                                         label="Element palette: number of colours"))
-                    with gr.Row():
-                        el_pickers = [ui.add(name, gr.ColorPicker(label=f"{i + 1}", visible=False, min_width=60))
-                                      for i, name in enumerate(EL_PICKERS)]
-                    ui.add("issues_element", gr.Markdown())
-                with gr.Accordion("Scene", open=True):
-                    with gr.Row(equal_height=True):
-                        ui.add("hld", gr.Textbox(label="High-level description", lines=2, elem_id="scene-hld",
-                                                 scale=4))
-                        ui.add("expand", gr.Button("Expand", elem_id="expand-btn", scale=1, min_width=80))
-                    ui.add("expand_note", gr.Markdown(
-                        "Expand: a language model writes the whole caption from the description (or the "
-                        "plain-text prompt), keeping your elements.", elem_id="expand-note"))
-                    ui.add("background", gr.Textbox(label="Background", lines=2, elem_id="scene-background"))
-                    style_kind = gr.Radio(["none", "photo", "art"], value="none", label="Style block")
-                    with gr.Column(visible=False) as style_box:
-                        ui.add("aesthetics", gr.Textbox(label="aesthetics"))
-                        ui.add("lighting", gr.Textbox(label="lighting"))
-                        photo_or_art = ui.add("photo_or_art", gr.Textbox(label=STYLE_FIELD_LABELS["photo"]))
-                        ui.add("medium", gr.Dropdown(list(MEDIUM_CHOICES), label="medium", allow_custom_value=True))
-                        ui.add("palette_count", gr.Slider(0, IMAGE_PALETTE_SLOTS, step=1, value=0,
-                                                          label="Image palette: number of colours"))
-                        scene_pickers = []
-                        for start in range(0, IMAGE_PALETTE_SLOTS, 8):
-                            with gr.Row():
-                                scene_pickers += [ui.add(SCENE_PICKERS[i], gr.ColorPicker(
-                                    label=f"{i + 1}", visible=False, min_width=60)) for i in range(start, start + 8)]
-                    ui.add("issues_scene", gr.Markdown())
-                with gr.Accordion("Caption check", open=True):
-                    ui.add("issues_all", gr.Markdown(elem_id="caption-issues"))
+                        scene_pickers += [ui.add(SCENE_PICKERS[i], gr.ColorPicker(
+                            label=f"{i + 1}", visible=False, min_width=60)) for i in range(start, start + 8)]
+            ui.add("issues_scene", gr.Markdown())
+        with gr.Accordion("Caption JSON", open=True, elem_id="json-panel"):
+            ui.add("json", gr.Textbox(label="Caption JSON (edit or paste; the model receives the compact form)",
+                                      show_label=False, elem_id="caption-json", lines=10, max_lines=24,
+                                      buttons=["copy"]))
+            ui.add("json_status", gr.Markdown(elem_id="json-status"))
+        with gr.Accordion("Caption check", open=False, elem_id="check-panel"):
+            ui.add("issues_all", gr.Markdown(elem_id="caption-issues"))
+        with gr.Accordion("Canvas background (reference or last result)", open=False):
+            ui.add("canvas_bg", CheckedImage(label="Reference image", type="filepath", height=140,
+                                             image_mode=None, limits=self.limits))
+            ui.add("canvas_opacity", gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Opacity"))
+            ui.add("use_last", gr.Button("Use the last result", size="sm"))
 
         def show_style(kind: str, result: dict) -> dict:
             label = STYLE_FIELD_LABELS.get(kind, STYLE_FIELD_LABELS["photo"])
@@ -218,54 +267,62 @@ class ComposeTab:
         ui.add_view("palette", scene_pickers, _picker_row(scene_pickers, "palette_count"))
 
     def _layout_generate(self, ui: Components) -> None:
-        ui.add("results", gr.State([]))
-        ui.add("selected_result", gr.State(None))
+        """Generate (the one primary button) and Stop (neutral until a run is active), the settings
+        every run needs, the status line and the results, largest the newest; the rest in accordions."""
         default_size = (DEFAULTS["width"], DEFAULTS["height"])
-        gr.Markdown("## Generate")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2):
-                ui.add("preset", gr.Dropdown(list(PRESET_LABELS), value=PRESET_BY_NAME[DEFAULTS["preset"]],
-                                             label=SETTING_LABELS["preset"], elem_id="preset"))
-                ui.add("aspect", gr.Dropdown(
-                    list(ASPECT_PRESETS) + [CUSTOM_SIZE], label="Aspect / size preset",
-                    value=next((label for label, size in ASPECT_PRESETS.items() if size == default_size), CUSTOM_SIZE)))
-                with gr.Row():
-                    ui.add("width", gr.Number(DEFAULTS["width"], label=SETTING_LABELS["width"], precision=0, step=16,
-                                              elem_id="width"))
-                    ui.add("height", gr.Number(DEFAULTS["height"], label=SETTING_LABELS["height"], precision=0,
-                                               step=16, elem_id="height"))
-                ui.add("size_note", gr.Markdown(f"{DEFAULTS['width']} × {DEFAULTS['height']} px"))
-                with gr.Row():
-                    ui.add("seed", gr.Number(0, label=SETTING_LABELS["seed"], precision=0, elem_id="seed",
-                                             info="-1 picks a random seed"))
-                    ui.add("randomize", gr.Checkbox(True, label="New random seed each run"))
-                ui.add("num_images", gr.Slider(1, self.limits.max_images, value=DEFAULTS["num_images"], step=1,
-                                               label=SETTING_LABELS["num_images"]))
-                with gr.Accordion("img2img (optional)", open=False):
-                    ui.add("input_image", CheckedImage(label=SETTING_LABELS["input_image"], type="filepath",
-                                                       height=160, image_mode=None, limits=self.limits))
-                    ui.add("strength", gr.Slider(0.05, 1.0, value=IMG2IMG_STRENGTH, step=0.05,
-                                                 label=SETTING_LABELS["denoising_strength"],
-                                                 info="1.0 ignores the input image"))
-                self._layout_loras(ui)
-                with gr.Row():
-                    ui.add("generate", gr.Button("Generate", variant="primary", elem_id="generate-btn"))
-                    ui.add("stop", gr.Button("Stop", variant="stop", elem_id="stop-btn"))
-                ui.add("gen_status", gr.Markdown(elem_id="gen-status"))
-            with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Results", elem_id="gallery", columns=2, height=420, format="png",
-                                     buttons=["download", "fullscreen"])
-                ui.add("gallery", gallery, render=lambda items, result: {
-                    gallery: gr.update(value=items, selected_index=result.get("selected_result"))})
-                with gr.Row():
-                    ui.add("open_result", gr.Button("Open in editor", elem_id="open-in-editor"))
-                    ui.add("open_png", gr.UploadButton("Open a PNG made by this app", file_types=[".png"],
-                                                       type="filepath"))
-                with gr.Row():
-                    ui.add("overlay", gr.Image(label="Placement overlay (boxes over the result)", type="filepath",
-                                               interactive=False, elem_id="overlay"))
-                    ui.add("result_settings", gr.JSON(label="Caption and settings of the selected result",
-                                                       elem_id="result-settings"))
+        with gr.Row(elem_id="run-bar", equal_height=True):
+            ui.add("generate", gr.Button(GENERATE_LABEL, variant="primary", scale=3, elem_id="generate-btn"))
+            ui.add("stop", gr.Button("Stop", variant="secondary", interactive=False, scale=1, min_width=70,
+                                     elem_id="stop-btn"))
+        ui.add("gen_status", gr.Markdown(elem_id="gen-status"))
+        ui.add("live_seen", gr.State(0))
+        ui.add("live_timer", gr.Timer(LIVE_TICK_S, active=False))
+        ui.add("live_preview", gr.Image(label="Live preview (approximate colours; the final image follows)",
+                                        type="pil", interactive=False, visible=False, height=LIVE_HEIGHT,
+                                        elem_id="live-preview", buttons=[]))
+        gallery = gr.Gallery(label="Results", elem_id="gallery", columns=4, height=RESULTS_HEIGHT, format="png",
+                             object_fit="contain", preview=True, buttons=["download", "fullscreen"])
+        ui.add("gallery", gallery, render=lambda items, result: {
+            gallery: gr.update(value=items, selected_index=result.get("selected_result"))})
+        with gr.Row(equal_height=True):
+            ui.add("preset", gr.Dropdown(list(PRESET_LABELS), value=PRESET_BY_NAME[DEFAULTS["preset"]],
+                                         label=SETTING_LABELS["preset"], elem_id="preset", min_width=120))
+            ui.add("aspect", gr.Dropdown(
+                list(ASPECT_PRESETS) + [CUSTOM_SIZE], label="Aspect / size", min_width=120, elem_id="aspect",
+                value=next((label for label, size in ASPECT_PRESETS.items() if size == default_size), CUSTOM_SIZE)))
+            ui.add("num_images", gr.Slider(1, self.limits.max_images, value=DEFAULTS["num_images"], step=1,
+                                           label=SETTING_LABELS["num_images"], min_width=120, elem_id="num-images"))
+        with gr.Row(equal_height=True):
+            ui.add("width", gr.Number(DEFAULTS["width"], label=SETTING_LABELS["width"], precision=0, step=16,
+                                      elem_id="width", min_width=80))
+            ui.add("height", gr.Number(DEFAULTS["height"], label=SETTING_LABELS["height"], precision=0,
+                                       step=16, elem_id="height", min_width=80))
+            ui.add("seed", gr.Number(0, label=SETTING_LABELS["seed"], precision=0, elem_id="seed", min_width=80))
+            ui.add("randomize", gr.Checkbox(True, label="New seed each run", min_width=80, elem_id="randomize"))
+        ui.add("size_note", gr.Markdown(f"{DEFAULTS['width']} × {DEFAULTS['height']} px", elem_id="size-note"))
+        with gr.Accordion("Advanced: steps, guidance, img2img", open=False, elem_id="advanced-panel"):
+            with gr.Row():
+                ui.add("steps", gr.Number(None, label=SETTING_LABELS["num_inference_steps"], precision=0,
+                                          minimum=1, maximum=self.limits.max_steps, elem_id="steps",
+                                          info=f"empty: the preset's; at most {self.limits.max_steps}"))
+                ui.add("guidance", gr.Number(None, label=SETTING_LABELS["cfg_scale"], elem_id="guidance",
+                                             info="empty: the preset's schedule (7, then 3 for the last steps)"))
+            ui.add("input_image", CheckedImage(label=SETTING_LABELS["input_image"], type="filepath",
+                                               height=140, image_mode=None, limits=self.limits))
+            ui.add("strength", gr.Slider(0.05, 1.0, value=IMG2IMG_STRENGTH, step=0.05,
+                                         label=SETTING_LABELS["denoising_strength"],
+                                         info="1.0 ignores the input image"))
+        self._layout_loras(ui)
+        with gr.Accordion("Selected result", open=True, elem_id="result-panel"):
+            with gr.Row():
+                ui.add("open_result", gr.Button("Open in editor", size="sm", elem_id="open-in-editor"))
+                ui.add("open_png", gr.UploadButton("Open a PNG made by this app", file_types=[".png"],
+                                                   type="filepath", size="sm"))
+            with gr.Row():
+                ui.add("overlay", gr.Image(label="Placement overlay (boxes over the result)", type="filepath",
+                                           interactive=False, elem_id="overlay", height=220))
+                ui.add("result_settings", gr.JSON(label="Caption and settings", elem_id="result-settings",
+                                                   height=220))
 
     def _layout_loras(self, ui: Components) -> None:
         """The LoRA picker: files of the server's LoRA folder, a scale slider per selected one, and
@@ -341,10 +398,19 @@ class ComposeTab:
 
     def _wire_generate(self, ui: Components) -> None:
         on = functools.partial(self._on, ui)
-        on(ui["generate"].click, self.on_generate,
+        # Three events in a chain: the button is disabled and the status cleared at once (before the
+        # run waits in the GPU queue, whose position the gallery's progress shows), the run, and the
+        # buttons restored whether the run succeeded or failed (`then`, not `success`).
+        started = _Chained(ui["generate"].click)
+        quick = dict(api_visibility="private", concurrency_limit=None, show_progress="hidden")
+        ui.on(started, self.on_run_start, **quick)
+        generated = _Chained(started.event.then)
+        on(generated, self.on_generate,
            ["state", "browser_id", "preset", "width", "height", "seed", "randomize", "num_images", "input_image",
-            "strength", PICKER, *LORA_SCALES],
+            "strength", "steps", "guidance", PICKER, *LORA_SCALES],
            api_visibility="private", concurrency_id=GPU, concurrency_limit=1, show_progress_on=[ui["gallery"]])
+        ui.on(generated.event.then, self.on_run_end, **quick)
+        ui.on(ui["live_timer"].tick, self.on_live_tick, ["live_seen"], **quick)
         # `change`, not `input`: the sliders must follow a selection set by the app too (the Train
         # tab's "Use in Generate"); the app's own full updates set "lora_shown" with it, so their
         # echo finds nothing to do.
@@ -367,14 +433,14 @@ class ComposeTab:
             self.limits.check_caption_chars(prompt)
         except ValueError as err:
             raise gr.Error(f"This edit is not applied: {err}") from None
-        issues = views.caption_issues(state)
+        issues = [] if views.is_blank(state) else views.caption_issues(state)  # nothing typed yet: nothing wrong
         element_issues, scene_issues = views.split_issues(state, issues)
         out = {
             "state": state,
             "saved": editor.saved_copy(state),
             "canvas": views.canvas_value(state, issues),
-            "issues_all": views.issue_summary(issues) if state.plain_text is None else
-            "Plain-text prompt: the verifier checks JSON captions only.",
+            "issues_all": ("Plain-text prompt: the verifier checks JSON captions only." if state.plain_text is not None
+                           else views.BLANK_NOTE if views.is_blank(state) else views.issue_summary(issues)),
             "issues_element": views.issues_markdown(element_issues),
             "issues_scene": views.issues_markdown(scene_issues),
             "tokens": views.token_label(prompt, self.slot.token_counter()),
@@ -397,6 +463,8 @@ class ComposeTab:
         if not is_browser_id(browser_id):
             browser_id = out["browser_id"] = new_browser_id()
         results = list_results(output_dir() / owner_folder(getattr(request, "username", None), browser_id))
+        if results:
+            out.update(self._result_view(results, len(results) - 1))  # the newest result, shown large
         out.update(self.editor_view(state, status=status), results=results, gallery=gallery_items(results),
                    width=state.width, height=state.height, size_note=f"{state.width} × {state.height} px",
                    aspect=next((label for label, size in ASPECT_PRESETS.items() if size == (state.width, state.height)),
@@ -632,45 +700,92 @@ class ComposeTab:
 
     # ---- generate ----------------------------------------------------------------------------
 
+    @emits(*RUN_VIEW)
+    def on_run_start(self, request: gr.Request = None) -> dict:
+        """The moment Generate is clicked: the button says the run is on and cannot start a second one,
+        Stop becomes active, the last run's status goes, and the timer starts fetching previews."""
+        return {"generate": gr.update(value=RUNNING_LABEL, interactive=False),
+                "stop": gr.update(variant="stop", interactive=True), "gen_status": "Waiting for the GPU queue…",
+                "live_timer": gr.Timer(active=True), "live_seen": 0, "live_preview": gr.update(value=None)}
+
+    @emits(*RUN_VIEW)
+    def on_run_end(self, request: gr.Request = None) -> dict:
+        """After the run, however it ended: Generate back, Stop neutral, the timer and the preview off
+        (the gallery now shows the result). The run's own handler has written the status."""
+        self.live.finish(_session(request))
+        return {"generate": gr.update(value=GENERATE_LABEL, interactive=True),
+                "stop": gr.update(variant="secondary", interactive=False), "live_timer": gr.Timer(active=False),
+                "live_preview": gr.update(visible=False)}
+
+    @emits("gen_status", "live_seen", "live_preview")
+    def on_live_tick(self, seen, request: gr.Request = None) -> dict:
+        """The running generation's phase and newest preview, when they changed since `seen`."""
+        live = self.live.read(_session(request))
+        if live is None or live.version == seen:
+            return {}
+        out = {"live_seen": live.version, "gen_status": escape(live.label)}
+        if live.preview is not None:
+            out["live_preview"] = gr.update(value=live.preview, visible=True)
+        return out
+
     @emits(*GENERATE_VIEW)
     def on_generate(self, state: EditorState, browser_id, preset: str, width, height, seed, randomize: bool,
-                    num_images, input_image: str | None, strength, lora_pick: list[str] | None = None,
-                    lora_scale_0=1.0, lora_scale_1=1.0, lora_scale_2=1.0, lora_scale_3=1.0,
-                    request: gr.Request = None, progress=gr.Progress()) -> dict:
+                    num_images, input_image: str | None, strength, steps=None, guidance=None,
+                    lora_pick: list[str] | None = None, lora_scale_0=1.0, lora_scale_1=1.0, lora_scale_2=1.0,
+                    lora_scale_3=1.0, request: gr.Request = None, progress=gr.Progress()) -> dict:
         """Run the pipeline for this session's caption with the picked LoRAs at their slider scales;
-        the results are written to this user's folder and the gallery lists that folder."""
+        the results are written to this user's folder and the gallery lists that folder. While it
+        runs, its phase, time left and previews go to `self.live` for the page's timer (on_live_tick).
+        No model loaded is an expected situation, not a failure: a warning and the how-to in the status."""
+        loaded = self.slot.loaded
+        if loaded is None:
+            warn(NO_MODEL)
+            return {"gen_status": HOW_TO_GET_WEIGHTS}
+        pipe = loaded.pipe
         try:
-            pipe = self.slot.require().pipe  # the most basic thing missing is said first
             settings = settings_from_controls(preset=preset, width=width, height=height, seed=seed,
                                               randomize=randomize, num_images=num_images, input_image=input_image,
-                                              strength=strength, limits=self.limits)
+                                              strength=strength, steps=steps, guidance=guidance, limits=self.limits)
             loras = checked_selection(lora_pick, [lora_scale_0, lora_scale_1, lora_scale_2, lora_scale_3],
                                       SETTING_LABELS[PICKER])
             folder = owner_folder(getattr(request, "username", None), browser_id)
             run = pipe.prepare(prompt_text(state), settings)  # caption, token count, input image
         except SettingsError as err:
             raise gr.Error(describe_problems(err, SETTING_LABELS), duration=None) from None
-        except (ValueError, ModelNotLoadedError) as err:
+        except ValueError as err:
             raise gr.Error(str(err), duration=None) from None
         for warning in settings.warnings:
             warn(warning)
-        session = request.session_hash if request is not None else "local"
+        session = _session(request)
         stop_event = self.stops.start(session)
+        megapixels = settings.num_images * settings.width * settings.height / 1e6
+        clock = RunClock(settings.sampler.steps, megapixels, self.decode_times.estimate(pipe, megapixels))
         steps_done = {"n": 0}
+        self.live.start(session, clock.start())
 
         def on_step(step: int, total: int) -> None:
             steps_done["n"] = step
-            progress((step, total), desc=f"denoising step {step}/{total}", unit="steps")
+            label = clock.step(step)
+            self.live.update(session, label=label)
+            progress((step, total), desc=f"denoising step {step}/{total} · {label}", unit="steps")
 
-        progress(0, desc="encoding the prompt")
+        def on_preview(step: int, total: int, image) -> None:
+            self.live.update(session, preview=image)
+
+        progress(0, desc="encoding the text")
         try:
-            images = generate_images(pipe, run, on_step=on_step, stop_event=stop_event, loras=loras)
+            images = generate_images(pipe, run, on_step=on_step, stop_event=stop_event, loras=loras,
+                                     preview=on_preview)
         except GenerationCancelled:
             return {"gen_status": f"Stopped after step {steps_done['n']}; nothing was saved.", "seed": settings.seed}
         except (ValueError, GenerationFailed) as err:
             raise gr.Error(str(err), duration=None) from None
         finally:
             self.stops.finish(session)
+            self.live.finish(session)
+        decoded_in = clock.decode_seconds()
+        if decoded_in is not None:
+            self.decode_times.record(pipe, megapixels, decoded_in)
         directory = results_dir(folder)
         saved = save_results(images, directory)
         results = list_results(directory)  # the newest, so what was just made is last
@@ -678,6 +793,7 @@ class ComposeTab:
         return {"results": results, "gallery": gallery_items(results), "seed": settings.seed,
                 "gen_status": escape(f"Done: {len(images)} image(s), seed {settings.seed}, "
                                      f"{settings.width}×{settings.height}, {settings.preset}, "
+                                     f"{settings.sampler.steps} steps, "
                                      f"{'LoRAs ' + describe_loras(used) if used else 'no LoRA'}."),
                 **self._result_view(results, len(results) - 1)}
 
@@ -685,7 +801,7 @@ class ComposeTab:
     def on_stop(self, request: gr.Request) -> dict:
         """Signal this session's run. Only toasts here: the run's own handler writes the final status,
         and a status written by Stop could arrive after it."""
-        if self.stops.stop(request.session_hash if request is not None else "local"):
+        if self.stops.stop(_session(request)):
             inform("Stopping after the current step…")
         else:
             warn("Nothing is running.")
@@ -809,6 +925,19 @@ class ComposeTab:
         checked = "the loaded model" if loaded else "the released Ideogram 4 model"
         return {PICKER: picker_update([*(selected or []), name]),
                 "lora_note": escape(f"Added {name} (checked against {checked})." + "".join(f" {n}" for n in notes))}
+
+
+class _Chained:
+    """A `Components.on` trigger that keeps the event it creates, so the next handler can follow it
+    (`.then`): Gradio returns the event from the listener call, and `on` does not pass it on."""
+
+    def __init__(self, listener):
+        self.listener = listener
+        self.event = None
+
+    def __call__(self, *args, **kwargs):
+        self.event = self.listener(*args, **kwargs)
+        return self.event
 
 
 def _picker_row(pickers: list, count_name: str):
