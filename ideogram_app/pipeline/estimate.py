@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ideogram_app.loading.safetensors_io import read_headers, resolve_safetensors
+from ideogram_app.pipeline.layer_streaming import DEFAULT_PREFETCH, DEFAULT_RESIDENT_BYTES
 from ideogram_app.pipeline.model_config import WEIGHT_ROLES
 from ideogram_app.pipeline.placement import MemoryPlan, check_memory_mode
 from ideogram_app.pipeline.sizes import token_grid
@@ -29,6 +30,16 @@ KNOWN_WEIGHTS: dict[str, dict[str, int]] = {
 
 # Real-model widths used by the activation estimate (docs/model-dit.md and docs/model-vae-text.md).
 _EMB, _FFN, _TEXT_FEATURES, _VAE_TOP_CHANNELS = 4608, 12288, 53248, 128
+# Streamed blocks as shares of a component's parameters (docs/model-dit.md, "Parameter count and FLOPs";
+# docs/model-vae-text.md, "The Qwen3-VL text model and its files"): (blocks, parameters per block, total).
+_STREAMED_BLOCKS = {
+    "transformer": (34, 264_278_528, 9_279_288_448),
+    "unconditional_transformer": (34, 264_278_528, 9_279_288_448),
+    "text_encoder": (36, 192_946_432, 7_568_405_504),
+}
+# While an fp8 (or NF4) block Linear runs, its weight exists widened: the widest (12288 x 4608) as two
+# fp32 copies (widened, then scaled) before the bf16 result.
+_WIDENED_LINEAR = _FFN * _EMB * 4 * 2
 
 
 def component_weight_bytes(path: str | Path, role: str, fp8: str = "keep", dtype: torch.dtype = torch.bfloat16) -> int:
@@ -119,4 +130,36 @@ def estimate_memory(
         return MemoryEstimate(total + max(act.values()), 0)
     if mode == "offload":
         return MemoryEstimate(max(phases.values()), total)
+    if mode == "stream":
+        return MemoryEstimate(_stream_device_bytes(weights, act), total)
     return MemoryEstimate(0, total + max(act.values()))  # cpu
+
+
+def _stream_device_bytes(weights: dict[str, int], act: dict[str, int]) -> int:
+    """`stream` (pipeline/layer_streaming.py) with its default budget: the resident parts (each
+    component's rest, then its first blocks, in the pipeline's placement order while they fit the
+    budget) stay on the device; on top, the phase that needs most: the running component's rest
+    unless resident, `prefetch + 1` of its blocks (the running one and those copied ahead), its
+    activations and, for the DiTs, one widened Linear."""
+    left = DEFAULT_RESIDENT_BYTES
+    visiting: dict[str, int] = {}
+    for role in ("transformer", "unconditional_transformer", "text_encoder", "vae"):
+        size = weights.get(role, 0)
+        count, block_params, params = _STREAMED_BLOCKS.get(role, (0, 0, 1))
+        block = size * block_params // params
+        rest = size - count * block
+        visiting[role] = 0
+        if rest <= left:
+            left -= rest
+        else:
+            visiting[role] += rest
+        resident = min(count, left // block) if block else 0
+        left -= resident * block
+        if resident < count:
+            visiting[role] += (DEFAULT_PREFETCH + 1) * block
+    phases = {
+        "text_encoder": visiting["text_encoder"] + act["text_encoder"],
+        "dit": max(visiting["transformer"], visiting["unconditional_transformer"]) + act["dit"] + _WIDENED_LINEAR,
+        "vae": visiting["vae"] + act["vae"],
+    }
+    return DEFAULT_RESIDENT_BYTES - left + max(phases.values())

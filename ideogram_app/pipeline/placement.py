@@ -9,6 +9,12 @@ one more subclass registered in `PLANS`.
 - `offload`: components wait in pinned CPU RAM and visit the device only while they run; the peak is
   the largest component (one DiT) plus activations.
 - `cpu`: everything on the CPU (tiny models, debugging).
+- `stream`: weights wait in pinned CPU RAM and the transformer blocks visit the device one at a time,
+  copied ahead of use (`layer_streaming.py`); the peak is a few blocks plus activations.
+
+`StreamPlan` lives in its own file and subclasses `OffloadPlan`, so it imports this module; it adds
+itself to `PLANS`, and this module imports it at the bottom so that importing either file registers it.
+`MEMORY_MODES` is spelled out so it is complete whichever file is imported first.
 """
 from __future__ import annotations
 
@@ -98,8 +104,8 @@ class OffloadPlan(MemoryPlan):
                 torch.cuda.empty_cache()
 
 
-PLANS: dict[str, type[MemoryPlan]] = {"full": MemoryPlan, "offload": OffloadPlan, "cpu": CpuPlan}
-MEMORY_MODES: tuple[str, ...] = tuple(PLANS)
+PLANS: dict[str, type[MemoryPlan]] = {"full": MemoryPlan, "offload": OffloadPlan, "cpu": CpuPlan}  # + "stream", below
+MEMORY_MODES: tuple[str, ...] = ("full", "offload", "cpu", "stream")
 
 
 def check_memory_mode(mode: object) -> str:
@@ -122,3 +128,6 @@ def _tensor_slots(module: nn.Module) -> list[tuple[dict, str, torch.Tensor]]:
 
 def _replace(table: dict, name: str, old: torch.Tensor, new: torch.Tensor) -> None:
     table[name] = nn.Parameter(new, requires_grad=False) if isinstance(old, nn.Parameter) else new
+
+
+import ideogram_app.pipeline.layer_streaming  # noqa: E402,F401  registers "stream" (it subclasses OffloadPlan above)
