@@ -3,8 +3,11 @@
 Its value is a view of the caption, produced by Python (`canvas_value`): the element list in
 model units (`bbox = [y_min, x_min, y_max, x_max]`, 0-1000), the selected index, the image aspect
 and an optional background. Gestures come back as one custom event, `edit`, whose data is an
-operation (`{"op": "draw", "rect": [...], "size": [...]}`, ...) that `editor.apply_canvas_op`
-applies; the JS never decides what the caption is.
+operation (`{"op": "draw", "rect": [...], "size": [...]}`, ...; canvas.js lists them) that
+`editor.apply_canvas_op` applies. The JS applies each gesture to a local copy first (snapping,
+multi-selection, align and distribute happen there, in model units) and sends it once, when the
+gesture ends; the value that comes back is the truth. Hidden and locked elements and the
+multi-selection are view state of the page: they never reach the caption.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ TEMPLATE = """
   <div class="lc-toolbar">
     <button type="button" class="lc-type" data-tool="type" data-type="obj" title="Draw object boxes (O)">▭ obj</button>
     <button type="button" class="lc-type" data-tool="type" data-type="text" title="Draw text boxes (T)">T text</button>
+    <button type="button" class="lc-type" data-tool="type" data-type="select"
+      title="Select: drag on empty space for a marquee (V; Ctrl-drag does it with any tool)">⬚ select</button>
     <span class="lc-sep"></span>
     <button type="button" data-tool="duplicate" title="Duplicate (Ctrl+D)">Duplicate</button>
     <button type="button" data-tool="delete" title="Delete (Del)">Delete</button>
@@ -28,11 +33,35 @@ TEMPLATE = """
     <span class="lc-sep"></span>
     <button type="button" data-tool="undo" title="Undo (Ctrl+Z)">Undo</button>
     <button type="button" data-tool="redo" title="Redo (Ctrl+Y)">Redo</button>
+    <span class="lc-sep"></span>
+    <span class="lc-group" title="Align the selected boxes (select several first)">
+      <button type="button" data-tool="align" data-align="left" title="Align left edges">⇤</button>
+      <button type="button" data-tool="align" data-align="hcenter" title="Align horizontal centres">⇹</button>
+      <button type="button" data-tool="align" data-align="right" title="Align right edges">⇥</button>
+      <button type="button" data-tool="align" data-align="top" title="Align top edges">⤒</button>
+      <button type="button" data-tool="align" data-align="vcenter" title="Align vertical centres">⇳</button>
+      <button type="button" data-tool="align" data-align="bottom" title="Align bottom edges">⤓</button>
+      <button type="button" data-tool="distribute" data-distribute="h"
+        title="Distribute horizontally: equal gaps (three or more boxes)">↔ gaps</button>
+      <button type="button" data-tool="distribute" data-distribute="v"
+        title="Distribute vertically: equal gaps (three or more boxes)">↕ gaps</button>
+    </span>
   </div>
-  <div class="lc-stage" tabindex="0" role="application" aria-label="Layout canvas: drag to draw element boxes">
-    <img class="lc-bg" alt="">
-    <div class="lc-boxes"></div>
-    <div class="lc-ghost"></div>
+  <div class="lc-main">
+    <div class="lc-stage-wrap">
+      <div class="lc-stage" tabindex="0" role="application" aria-label="Layout canvas: drag to draw element boxes">
+        <img class="lc-bg" alt="">
+        <div class="lc-boxes"></div>
+        <div class="lc-ghost"></div>
+        <div class="lc-marquee"></div>
+        <div class="lc-guides"></div>
+      </div>
+    </div>
+    <div class="lc-layers">
+      <div class="lc-layers-head">Layers <span class="lc-legend"><span class="lc-key lc-obj"></span> object
+        <span class="lc-key lc-text"></span> text</span></div>
+      <ol class="lc-layer-list" aria-label="Elements in caption order (later ones are drawn on top)"></ol>
+    </div>
   </div>
   <div class="lc-unplaced"></div>
   <div class="lc-hint"></div>

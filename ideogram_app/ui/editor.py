@@ -86,6 +86,34 @@ def _shift_into_grid(bbox: list[int], dy: int, dx: int) -> list[int]:
     return [y0 + dy, x0 + dx, y1 + dy, x1 + dx]
 
 
+def _offset(payload: dict, op: str, default: int) -> tuple[int, int]:
+    """(dy, dx) of a nudge or duplicate, in model units."""
+    dy, dx = payload.get("dy", default), payload.get("dx", default)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and abs(v) <= GRID for v in (dy, dx)):
+        raise CanvasOpError(f"canvas {op} needs integer dy/dx within ±{GRID}, got {dy!r}/{dx!r}")
+    return dy, dx
+
+
+def _set_boxes(state: EditorState, payload: dict) -> EditorState:
+    """Several boxes at once (a group move, align, distribute): one gesture, so one undo step.
+    The selection stays; each item is `{"index", "rect"}` with the payload's `size`."""
+    items = payload.get("boxes")
+    if not isinstance(items, list) or not 0 < len(items) <= len(state.elements):
+        count = len(items) if isinstance(items, list) else type(items).__name__
+        raise CanvasOpError(f"canvas boxes event needs 1..{len(state.elements)} boxes, got {count}")
+    new = edited(state)
+    for position, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise CanvasOpError(f"canvas boxes item {position} must be an object, got {type(item).__name__}")
+        index = _index(state, item)
+        rect, width, height = _rect({"rect": item.get("rect"), "size": payload.get("size")})
+        bbox = pixels_to_bbox(rect, width, height)
+        if bbox[0] >= bbox[2] or bbox[1] >= bbox[3]:
+            raise CanvasOpError(f"canvas boxes item {position} gives element {index} the empty box {bbox}")
+        new.elements[index] = _with(new.elements[index], bbox=bbox)
+    return new
+
+
 def apply_canvas_op(state: EditorState, payload: dict) -> EditorState:
     """Apply one gesture reported by the canvas (see canvas.js for the payloads)."""
     if not isinstance(payload, dict):
@@ -112,6 +140,8 @@ def apply_canvas_op(state: EditorState, payload: dict) -> EditorState:
         new.elements.append(element_dict(kind, bbox=bbox))
         new.selected = len(new.elements) - 1
         return new
+    if op == "boxes":
+        return _set_boxes(state, payload)
     index = _index(state, payload)
     new = edited(state)
     element = new.elements[index]
@@ -125,20 +155,26 @@ def apply_canvas_op(state: EditorState, payload: dict) -> EditorState:
             raise CanvasOpError(f"the resized box {bbox} is empty")
         new.elements[index] = _with(element, bbox=bbox)
     elif op == "nudge":
-        dy, dx = payload.get("dy", 0), payload.get("dx", 0)
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (dy, dx)):
-            raise CanvasOpError(f"canvas nudge needs integer dy/dx, got {dy!r}/{dx!r}")
+        dy, dx = _offset(payload, "nudge", 0)
         if element.get("bbox"):
             new.elements[index] = _with(element, bbox=_shift_into_grid(element["bbox"], dy, dx))
     elif op == "delete":
         del new.elements[index]
         index = clamp_selection(index if index < len(new.elements) else index - 1, len(new.elements))
     elif op == "duplicate":
+        # The canvas passes an offset that clears the label's height on its stage (labels would overlap).
+        dy, dx = _offset(payload, "duplicate", DUPLICATE_OFFSET)
         twin = copy.deepcopy(element)
         if twin.get("bbox"):
-            twin["bbox"] = _shift_into_grid(twin["bbox"], DUPLICATE_OFFSET, DUPLICATE_OFFSET)
+            twin["bbox"] = _shift_into_grid(twin["bbox"], dy, dx)
         new.elements.insert(index + 1, twin)
         index += 1
+    elif op == "reorder":
+        to = payload.get("to")
+        if isinstance(to, bool) or not isinstance(to, int) or not 0 <= to < len(new.elements):
+            raise CanvasOpError(f"canvas reorder has to={to!r}; expected a position 0..{len(new.elements) - 1}")
+        new.elements.insert(to, new.elements.pop(index))
+        index = to
     elif op in ("forward", "backward"):
         target = index + 1 if op == "forward" else index - 1
         if 0 <= target < len(new.elements):
