@@ -13,7 +13,7 @@ Both operands of each block GEMM are e4m3 with fp32 scales and the tensor cores 
 The activation quantisation is written as plain torch ops on purpose: under `torch.compile` (the
 per-block compile of `ideogram_app/speed/compiled.py`) the amax reduction, the division and the cast
 fuse into the kernel that produces the activation (norm·modulate before `qkv` and `w1`/`w3`, SiLU·mul
-before `w2`, the attention output before `o`). Done as separate eager kernels they cost more than the
+before `w2`, the head-concatenating copy of the attention output before `o`). Done as separate eager kernels they cost more than the
 fp8 GEMM saves (docs/model-dit.md, "Performance choices"). What stays in bf16, the measured error and
 the LoRA behaviour: docs/speed.md, "Fast mode (FP8 GEMMs)".
 """
@@ -26,7 +26,7 @@ from ideogram_app.model.fp8 import DEQUANT_WORKSPACE_ELEMENTS, FP8_DTYPE, Fp8Lin
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 # Floor of every scale: an all-zero token or weight row gets this instead of 0 (no 0/0); its values
-# then quantise to exact zeros. The official quantiser's recipe uses the same floor for weights.
+# then quantise to exact zeros. Weight rows use the same floor.
 SCALE_FLOOR = 1e-12
 # The block linears that become FP8 GEMMs, relative to `layers.<i>`. Everything else keeps its dtype:
 # see `use_fp8_gemms`.
@@ -134,8 +134,8 @@ def _converter(name: str, layer: nn.Module):
 def use_fp8_gemms(dit: nn.Module) -> nn.Module:
     """Make the block GEMMs of `dit` FP8 GEMMs, in place; returns `dit`.
 
-    Converted: `layers.*.attention.qkv`, `.attention.o`, `.feed_forward.w1/w2/w3` (≈ 97 % of the
-    FLOPs). An `Fp8Linear` (fp8 kept from the official checkpoint) is taken as stored, bit for bit;
+    Converted: `layers.*.attention.qkv`, `.attention.o`, `.feed_forward.w1/w2/w3` (≈ 86 % of the
+    FLOPs of a 1024² forward; attention is nearly all the rest). An `Fp8Linear` (fp8 kept from the official checkpoint) is taken as stored, bit for bit;
     a float `nn.Linear` is quantised per output row. Untouched, in whatever form they were loaded:
     `input_proj`, `llm_cond_norm`/`llm_cond_proj`, `t_embedding`, `adaln_proj`, each block's
     `adaln_modulation`, the indicator embedding, the norms and `final_layer` — they feed every token's

@@ -33,6 +33,7 @@ CONVERTED = {f"layers.{i}.{m}" for i in range(LAYERS)
 LINEAR_ERR_ACTIVATIONS_ONLY = 0.035  # measured 0.026
 LINEAR_ERR_BOTH_QUANTISED = 0.05     # measured 0.037
 TINY_DIT_ERR = 0.03                  # measured 0.015 (fp32 compute), 0.016 (bf16 compute)
+DEEP_DIT_ERR = 0.1                   # measured 0.070
 
 
 # --- the reference, from the definitions ----------------------------------------------------------
@@ -246,6 +247,18 @@ def test_a_float_linear_is_quantised_per_row_by_the_official_recipe_and_freed(lo
                "adaln_proj", "layers.1.adaln_modulation", "final_layer.linear", "final_layer.adaln_modulation"))
 
 
+def test_a_bf16_copy_of_the_fp8_release_requantises_to_the_same_codes(dit_files):
+    """The bf16 repackage holds the release's fp8 weights dequantised to bf16. Quantising those per row
+    again gives back every e4m3 code of the release, with scales within 2^-8: fast mode from the bf16
+    files runs what it runs from the fp8 files."""
+    released = load_transformer(dit_files["fp8"][0], dtype=torch.bfloat16, fp8="keep")
+    repackaged = use_fp8_gemms(load_transformer(dit_files["fp8"][0], dtype=torch.bfloat16, fp8="dequantize"))
+    for name in CONVERTED:
+        want, got = released.get_submodule(name), repackaged.get_submodule(name)
+        assert torch.equal(got.weight.view(torch.uint8), want.weight.view(torch.uint8)), name
+        assert ((got.weight_scale / want.weight_scale - 1).abs() <= 2**-8).all(), name
+
+
 def test_quantise_weight_in_row_blocks_equals_the_recipe_on_a_matrix_wider_than_one_block():
     g = torch.Generator().manual_seed(2)
     w = torch.randn(40, (1 << 20) // 16 + 3, generator=g).bfloat16()  # ≈ 16 rows per block, last block partial
@@ -419,15 +432,15 @@ def needs_cuda(test):
 GPU_FORWARD_ERR = 0.02  # acceptance for one forward of the fast DiT against the bf16 DiT
 
 
-def released_dits(num_layers: int):
-    """A bf16 DiT at the released shapes with random weights, its block GEMM weights stored as per-row
-    e4m3 (as released) and held dequantised in bf16 — what `fp8="dequantize"` loads — and the fast
-    DiT sharing every other tensor, its GEMM weights the fp8 tensors themselves (as `fp8="keep"` loads)."""
-    cfg = Ideogram4Config(num_layers=num_layers)
+def fast_and_reference(cfg: Ideogram4Config, device: str, dtype: torch.dtype = torch.bfloat16):
+    """A DiT with random weights (linears N(0, 1/in), norms 1 + N(0, 0.1²), the rest N(0, 0.1²)), its
+    block GEMM weights stored as per-row e4m3 (as released) and held dequantised — what
+    `fp8="dequantize"` loads — and the fast DiT sharing every other tensor, its GEMM weights the fp8
+    tensors themselves (as `fp8="keep"` loads). Returns (reference, fast)."""
     with torch.device("meta"):
-        reference = Ideogram4DiT(cfg).to(torch.bfloat16)
-    reference = reference.to_empty(device="cuda").eval()
-    g = torch.Generator(device="cuda").manual_seed(0)
+        reference = Ideogram4DiT(cfg).to(dtype)
+    reference = reference.to_empty(device=device).eval()
+    g = torch.Generator(device=device).manual_seed(0)
     fp8 = {}
     with torch.no_grad():
         for name, p in reference.named_parameters():
@@ -437,11 +450,11 @@ def released_dits(num_layers: int):
                 p.normal_(1.0, 0.1, generator=g)
             else:
                 p.normal_(0.0, 0.1, generator=g)
-        for name in gemm_names(num_layers):
+        for name in gemm_names(cfg.num_layers):
             layer = reference.get_submodule(name)
             q, scale = quantize_weight(layer.weight)
             fp8[name] = (q, scale)
-            layer.weight.copy_((q.float() * scale[:, None]).to(torch.bfloat16))
+            layer.weight.copy_((q.float() * scale[:, None]).to(dtype))
     with torch.device("meta"):
         fast = Ideogram4DiT(cfg)
     fast.load_state_dict(reference.state_dict(), assign=True)
@@ -453,6 +466,30 @@ def released_dits(num_layers: int):
     return reference, use_fp8_gemms(fast).eval()
 
 
+def forward_error(reference, fast, text_tokens, grid, device):
+    """Norm-wise relative error of one forward on the image rows (t = 0.25, exact in bf16)."""
+    emb = reference.cfg.emb_dim
+    g = torch.Generator(device=device).manual_seed(1)
+    pos, seg, ind = (a.to(device) for a in build_token_layout(text_tokens, grid, grid))
+    x = torch.randn(1, pos.shape[1], 128, device=device, generator=g)
+    text = torch.randn(1, text_tokens, emb, device=device, generator=g) if text_tokens else None
+    t = torch.full((1,), 0.25, device=device)
+    with torch.inference_mode():
+        want = reference(x, t, None, pos, seg, ind, text_hidden=text)[ind == 2]
+        got = fast(x, t, None, pos, seg, ind, text_hidden=text)[ind == 2]
+    return rel_err(got, want)
+
+
+def test_a_deep_narrow_dit_shows_how_the_error_grows_with_depth():
+    """34 blocks of width 256 (the released depth) on 16 text + 64 image tokens, fp32 compute: the
+    per-GEMM activation error (≈ 2.6 %) compounds through the blocks."""
+    cfg = Ideogram4Config(num_layers=34, emb_dim=256, num_heads=4, intermediate_size=672, adanln_dim=64,
+                          llm_features_dim=64, mrope_section=(8, 8, 8))
+    err = forward_error(*fast_and_reference(cfg, "cpu", torch.float32), 16, 8, "cpu")
+    print(f"34 layers × 256 wide, fp32: fast vs weight-only relative error {err:.4f}")
+    assert err < DEEP_DIT_ERR
+
+
 def gemm_names(num_layers):
     return [f"layers.{i}.{m}" for i in range(num_layers)
             for m in ("attention.qkv", "attention.o", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")]
@@ -461,18 +498,18 @@ def gemm_names(num_layers):
 @needs_cuda
 @pytest.mark.parametrize("text_tokens", [300, 0], ids=["cond N=4396", "uncond N=4096"])
 def test_gpu_released_shapes_forward_error(text_tokens):
-    reference, fast = released_dits(34)
-    g = torch.Generator(device="cuda").manual_seed(1)
-    pos, seg, ind = (a.cuda() for a in build_token_layout(text_tokens, 64, 64))
-    x = torch.randn(1, pos.shape[1], 128, device="cuda", generator=g)
-    text = torch.randn(1, text_tokens, 4608, device="cuda", generator=g).bfloat16() if text_tokens else None
-    t = torch.full((1,), 0.3, device="cuda")
-    with torch.inference_mode():
-        want = reference(x, t, None, pos, seg, ind, text_hidden=text)[ind == 2]
-        got = fast(x, t, None, pos, seg, ind, text_hidden=text)[ind == 2]
-    err = rel_err(got, want)
-    print(f"\nreleased shapes, 34 layers, N={pos.shape[1]}: fast vs bf16 relative error {err:.4f} "
-          f"(max-abs relative {((got - want).abs().max() / want.abs().max()).item():.4f})")
+    """One forward at 1024² (N = 4396 with 300 text tokens, 4096 without). Also printed for scale: how
+    far the bf16 DiT itself and the fast DiT are from the same weights in fp32."""
+    reference, fast = fast_and_reference(Ideogram4Config(), "cuda")
+    err = forward_error(reference, fast, text_tokens, 64, "cuda")
+    with torch.device("meta"):
+        exact = Ideogram4DiT(Ideogram4Config())
+    exact.load_state_dict({k: v.float() for k, v in reference.state_dict().items()}, assign=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    bf16_vs_fp32 = forward_error(exact.eval(), reference, text_tokens, 64, "cuda")
+    fast_vs_fp32 = forward_error(exact, fast, text_tokens, 64, "cuda")
+    print(f"\nreleased shapes, 34 layers, N={text_tokens + 4096}: fast vs bf16 relative error {err:.4f} "
+          f"(for scale: bf16 vs fp32 {bf16_vs_fp32:.4f}, fast vs fp32 {fast_vs_fp32:.4f})")
     assert err <= GPU_FORWARD_ERR
 
 
