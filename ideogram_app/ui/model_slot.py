@@ -30,6 +30,8 @@ class LoadedModel:
     source: str  # what the loader was given (a folder, a repo id)
     memory: str
     local: bool  # `source` was a folder on this server
+    mode: str | None = None  # the speed mode asked for (None: the pipeline's default for its device)
+    devices: tuple[str, ...] | None = None  # two devices: CFG-parallel; None: the pipeline's default device
 
 
 class ModelSlot:
@@ -48,8 +50,10 @@ class ModelSlot:
             raise ModelNotLoadedError(HOW_TO_GET_WEIGHTS)
         return loaded
 
-    def load(self, source: str, memory: str = "full") -> LoadedModel:
-        """Load `source` (local folder/file or hub id) with memory mode `memory`, replacing any model.
+    def load(self, source: str, memory: str = "full", mode: str | None = None,
+             devices: tuple[str, ...] | None = None) -> LoadedModel:
+        """Load `source` (local folder/file or hub id) with memory mode `memory`, speed mode `mode` and
+        `devices` (see ideogram_app.speed and the pipeline's `from_pretrained`), replacing any model.
 
         The new pipeline is built while the current one keeps serving, and swapped in only once it
         loaded: a failed load (a typo, a gated repo, a full disk) leaves every user's generation
@@ -62,13 +66,16 @@ class ModelSlot:
         if not source:
             raise ValueError("give a model: a local folder or a repo id such as ideogram-ai/ideogram-4-fp8")
         local = Path(source).expanduser().exists()  # the loader's own rule (pipeline/hub.py)
+        options: dict = {"memory": memory, "mode": mode}
+        if devices is not None:  # only a second device is news to the loader; one device is its default
+            options["devices"] = devices
         try:
-            pipe = Ideogram4Pipeline.from_pretrained(source, memory=memory)
+            pipe = Ideogram4Pipeline.from_pretrained(source, **options)
         except Exception as err:
             self.last_error = f"{type(err).__name__}: {err}"
             raise
         with self._lock:
-            self._loaded = LoadedModel(pipe, source, memory, local)
+            self._loaded = LoadedModel(pipe, source, memory, local, mode, devices)
             self.last_error = None
         _release_memory()
         return self._loaded
@@ -99,7 +106,9 @@ class ModelSlot:
         note = ("" if device is None or device.type != "cpu" else
                 " · runs on the **CPU** (no GPU found or `cpu` mode): fine for tiny test models, very slow for "
                 "the real one")
-        return f"**Loaded:** {where} · memory mode `{loaded.memory}`{note}"
+        speed = f" · speed mode `{loaded.mode}`" if loaded.mode else ""
+        pair = f" · CFG-parallel on `{' + '.join(loaded.devices)}`" if loaded.devices and len(loaded.devices) > 1 else ""
+        return f"**Loaded:** {where} · memory mode `{loaded.memory}`{speed}{pair}{note}"
 
 
 def _release_memory() -> None:

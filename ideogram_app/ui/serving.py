@@ -19,6 +19,7 @@ from starlette.middleware import Middleware
 from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.pipeline.placement import MEMORY_MODES
 from ideogram_app.pipeline.sizes import MULTIPLE
+from ideogram_app.speed import SPEED_MODES
 
 from .login_limit import MAX_FAILURES, WINDOW_S, LoginRateLimit
 from .model_slot import ModelSlot
@@ -32,6 +33,8 @@ TRUE = {"1", "true", "yes", "on"}
 class ServeOptions:
     model: str | None = None
     memory: str = "full"
+    mode: str | None = None  # speed mode (ideogram_app.speed); None: the default for the device
+    devices: tuple[str, ...] | None = None  # two devices: CFG-parallel
     host: str | None = None
     port: int | None = None
     share: bool = False
@@ -70,6 +73,11 @@ def parse_options(argv: list[str] | None = None, environ: Mapping[str, str] = os
                              "everyone and is not limited by --models-dir")
     parser.add_argument("--memory", choices=MEMORY_MODES, default=environ.get("IDEOGRAM_MEMORY", "full"),
                         help="memory mode for the model (env IDEOGRAM_MEMORY)")
+    parser.add_argument("--mode", choices=SPEED_MODES, default=environ.get("IDEOGRAM_MODE") or None,
+                        help="speed mode for the model: eager, exact (compiled; the default on CUDA) or fast "
+                             "(FP8 matrix multiplies) (env IDEOGRAM_MODE)")
+    parser.add_argument("--devices", default=environ.get("IDEOGRAM_DEVICES") or None, metavar="DEV,DEV",
+                        help="two devices for CFG-parallel, e.g. cuda:0,cuda:1 (env IDEOGRAM_DEVICES)")
     parser.add_argument("--host", default=environ.get("GRADIO_SERVER_NAME"),
                         help="address to listen on, e.g. 0.0.0.0 for the LAN (env GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=int(environ["GRADIO_SERVER_PORT"])
@@ -110,7 +118,10 @@ def parse_options(argv: list[str] | None = None, environ: Mapping[str, str] = os
     models_dirs = tuple(args.models_dir) if args.models_dir else tuple(
         d for d in environ.get("IDEOGRAM_MODELS_DIRS", "").split(os.pathsep) if d.strip())
     allow_hub = args.allow_hub if args.allow_hub is not None else _env_flag(environ, "IDEOGRAM_ALLOW_HUB")
-    options = ServeOptions(model=args.model, memory=args.memory, host=args.host, port=args.port, share=args.share,
+    devices = tuple(d.strip() for d in args.devices.split(",") if d.strip()) if args.devices else None
+    if args.mode is not None and args.mode not in SPEED_MODES:
+        parser.error(f"--mode (IDEOGRAM_MODE) {args.mode!r}: choose one of {', '.join(SPEED_MODES)}")
+    options = ServeOptions(model=args.model, memory=args.memory, mode=args.mode, devices=devices, host=args.host, port=args.port, share=args.share,
                            auth=auth, admins=admins, models_dirs=models_dirs, allow_hub=allow_hub,
                            allow_training=args.allow_training, mcp=args.mcp,
                            queue_size=args.queue_size, max_side=args.max_side)
@@ -137,6 +148,8 @@ def check_options(options: ServeOptions) -> str | None:
     if not DEFAULT_LIMITS.min_side <= options.max_side or options.max_side % MULTIPLE:
         return (f"--max-side (IDEOGRAM_MAX_SIDE) {options.max_side} must be a multiple of {MULTIPLE} and at least "
                 f"{DEFAULT_LIMITS.min_side}")
+    if options.devices is not None and len(options.devices) != 2:
+        return f"--devices (IDEOGRAM_DEVICES) needs two devices for CFG-parallel, e.g. cuda:0,cuda:1; got {options.devices}"
     if options.mcp and options.auth:
         return ("--mcp cannot be combined with --auth: Gradio 6.31 serves the MCP tool list without a login and "
                 "its tool calls fail for signed-in clients, so MCP would be open to anyone and useless to your "
@@ -169,7 +182,7 @@ def prepare(demo: gr.Blocks, slot: ModelSlot, options: ServeOptions) -> gr.Block
     if options.model:
         print(f"Loading model {options.model} (memory mode {options.memory})…", flush=True)
         try:
-            slot.load(options.model, options.memory)
+            slot.load(options.model, options.memory, mode=options.mode, devices=options.devices)
             print("Model loaded.", flush=True)
         except Exception as err:  # the app must still start: composing and the caption API need no model
             print(f"Could not load {options.model}: {err}\nThe app starts without a model.", file=sys.stderr,

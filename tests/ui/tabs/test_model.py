@@ -6,6 +6,7 @@ from html import unescape
 
 import gradio as gr
 import pytest
+import torch
 
 from ideogram_app.caption import load_template, to_json
 from ideogram_app.ui import editor
@@ -13,7 +14,10 @@ from ideogram_app.ui.model_slot import ModelSlot
 from ideogram_app.ui.policy import Policy
 from ideogram_app.ui.state import EditorState
 from ideogram_app.ui.tabs.compose import ComposeTab
-from ideogram_app.ui.tabs.model import CONTROLS, ModelTab
+from ideogram_app.pipeline.estimate import KNOWN_WEIGHTS, estimate_memory
+from ideogram_app.pipeline.placement import MEMORY_MODES
+from ideogram_app.ui.tabs.model import (CFG_PARALLEL, CONTROLS, ONE_DEVICE, ModelTab, compute_device, device_choices,
+                                        supported_speed_modes)
 
 LOCAL = gr.Request()  # a visitor of `python app.py` on this machine: no login
 FP8 = "fp8 (official, ~27 GB)"
@@ -34,10 +38,13 @@ def models_dir(tiny_repo, tmp_path):
 
 def test_variants_and_estimates(tiny_repo):
     tab = ModelTab(ModelSlot())
-    assert tab.on_variant("local folder") == {"model_source": ""}
-    assert tab.on_variant("nf4 (~16 GB, CUDA)")["model_source"] == "ideogram-ai/ideogram-4-nf4"
-    estimate = tab.on_estimate(FP8, "ideogram-ai/ideogram-4-fp8", "offload", 1024, 1024, LOCAL)
-    assert "GB of GPU memory" in estimate["model_estimate"] and "one 1024×1024 image" in estimate["model_estimate"]
+    assert tab.on_variant("local folder", "ideogram-ai/ideogram-4-fp8") == {"model_source": ""}
+    assert tab.on_variant("nf4 (~16 GB, CUDA)", "")["model_source"] == "ideogram-ai/ideogram-4-nf4"
+    estimate = tab.on_estimate(FP8, "ideogram-ai/ideogram-4-fp8", "offload", 1024, 1024, LOCAL)["model_estimate"]
+    assert "GB of GPU memory" in estimate and "one 1024×1024 image" in estimate
+    assert estimate.startswith("Needs ") and "in <code>offload</code> mode" in estimate
+    others = estimate.split("Other memory modes:")[1]
+    assert [m for m in MEMORY_MODES if f"<code>{m}</code>:" in others] == [m for m in MEMORY_MODES if m != "offload"]
     local = tab.on_estimate("local folder", str(tiny_repo), "cpu", 64, 64, LOCAL)
     assert local["model_estimate"].startswith("Needs CPU only")
     bad_size = tab.on_estimate("local folder", "", "full", 1000, 64, LOCAL)["model_estimate"]
@@ -56,9 +63,9 @@ def test_page_load_shows_status_and_estimate_and_enables_the_local_operator():
 def test_a_failed_load_is_reported(tiny_repo):
     tab = ModelTab(ModelSlot())
     with pytest.raises(gr.Error, match="not an allowed model source"):  # missing folder: refused before loading
-        tab.on_load_model(str(tiny_repo / "missing"), "cpu", LOCAL, progress=no_progress)
+        tab.on_load_model(str(tiny_repo / "missing"), "cpu", "eager", ONE_DEVICE, LOCAL, progress=no_progress)
     with pytest.raises(gr.Error, match="Could not load"):  # a folder without a model: the loader fails
-        tab.on_load_model(str(tiny_repo / "vae"), "cpu", LOCAL, progress=no_progress)
+        tab.on_load_model(str(tiny_repo / "vae"), "cpu", "eager", ONE_DEVICE, LOCAL, progress=no_progress)
     assert "Last load failed" in tab.on_unload_model(LOCAL)["model_status"]
 
 
@@ -67,7 +74,7 @@ def test_load_model_then_exact_token_count(tiny_repo):
     model, compose = ModelTab(slot), ComposeTab(slot)
     state = editor.load_caption(EditorState(), load_template("poster_headline"))
     assert "estimate" in compose.editor_view(state)["tokens"]
-    status = model.on_load_model(str(tiny_repo), "cpu", LOCAL, progress=no_progress)["model_status"]
+    status = model.on_load_model(str(tiny_repo), "cpu", "eager", ONE_DEVICE, LOCAL, progress=no_progress)["model_status"]
     assert "Loaded" in status and "runs on the **CPU**" in status
     tokens = compose.editor_view(state)["tokens"]
     count = slot.loaded.pipe.tokenizer.count(to_json(state.caption))
@@ -80,7 +87,7 @@ def test_a_failed_load_keeps_the_working_model(loaded_slot, models_dir):
     working = loaded_slot.loaded
     tab = ModelTab(loaded_slot, policy=Policy(models_dirs=(models_dir,)))
     with pytest.raises(gr.Error, match="The model loaded before still serves"):
-        tab.on_load_model(str(models_dir / "empty"), "cpu", LOCAL, progress=no_progress)
+        tab.on_load_model(str(models_dir / "empty"), "cpu", "eager", ONE_DEVICE, LOCAL, progress=no_progress)
     assert loaded_slot.loaded is working and loaded_slot.last_error
 
 
@@ -93,7 +100,7 @@ def test_visitors_get_a_read_only_panel_and_no_server_paths(loaded_slot, models_
     assert unescape(out["model_policy"]).startswith("**Read-only.** Only an operator may load or unload models")
     assert "--share without --auth" in unescape(out["model_policy"])
     with pytest.raises(gr.Error, match="Only an operator may load or unload models"):
-        tab.on_load_model(str(models_dir / "tiny"), "cpu", LOCAL, progress=no_progress)
+        tab.on_load_model(str(models_dir / "tiny"), "cpu", "eager", ONE_DEVICE, LOCAL, progress=no_progress)
     with pytest.raises(gr.Error, match="Only an operator may load or unload models"):
         tab.on_unload_model(LOCAL)
     assert loaded_slot.loaded is not None
@@ -117,4 +124,76 @@ def test_operators_are_the_admins_under_auth(loaded_slot, models_dir):
     assert missing.startswith("Cannot estimate: '/no/such/folder' is not an allowed model source")
     assert missing.replace("/no/such/folder", "X") == forbidden.replace("/etc", "X")
     with pytest.raises(gr.Error, match="Only an operator"):
-        tab.on_load_model("tiny", "cpu", ann, progress=no_progress)
+        tab.on_load_model("tiny", "cpu", "eager", ONE_DEVICE, ann, progress=no_progress)
+
+
+def test_a_typed_path_survives_the_dropdown_and_the_label_follows_it(tiny_repo):
+    """The order of events of the reported race: the page shows the fp8 variant, the operator types a
+    local path, then clicks the variant dropdown and away. Gradio reports that focus change as the
+    dropdown's `input` (with its unchanged value), so the variant is wired to `select`; and typing
+    moves the label to "local folder", so even a choice of the shown variant keeps the path."""
+    from ideogram_app.ui.app import build_demo
+
+    demo = build_demo(ModelSlot())
+    config = demo.get_config_file()
+    ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    triggers = {(ids.get(target), event) for dep in config["dependencies"] if dep["api_name"] == "on_variant"
+                for target, event in dep["targets"]}
+    assert triggers == {("model-variant", "select")}
+
+    tab = ModelTab(ModelSlot())
+    path = str(tiny_repo)
+    assert tab.on_source(path, FP8) == {"variant": "local folder"}
+    assert tab.on_variant("local folder", path) == {}  # the shown variant, picked again: the path stays
+    assert tab.on_source(path + "/", "local folder") == {}  # typing on: nothing to change
+    assert tab.on_source("ideogram-ai/ideogram-4-fp8", "local folder") == {"variant": FP8}
+    assert tab.on_source("someone/finetune", FP8) == {"variant": "other repo id"}
+    assert tab.on_source("ms://someone/finetune", FP8) == {"variant": "other repo id"}
+    assert tab.on_variant("other repo id", "someone/finetune") == {}
+    assert tab.on_variant("bf16 repackage (~54 GB)", path) == {"model_source": "DiffSynth-Studio/ideogram-4-bf16-repackage"}
+
+    loaded = tab.on_load_model(path, "cpu", "eager", ONE_DEVICE, LOCAL, progress=no_progress)
+    assert loaded["variant"] == "local folder" and "speed mode `eager`" in loaded["model_status"]
+    fresh = tab.on_page_load(FP8, "ideogram-ai/ideogram-4-fp8", "full", 64, 64, LOCAL)  # another browser
+    assert fresh["variant"]["value"] == "local folder" and fresh["model_source"]["value"] == path
+    assert fresh["memory"]["value"] == "cpu" and fresh["speed_mode"]["value"] == "eager"
+
+
+def test_a_visitor_sees_the_loaded_folder_by_name_only(loaded_slot, tiny_repo):
+    out = ModelTab(loaded_slot, policy=Policy(share=True)).on_page_load(FP8, "", "full", 64, 64, LOCAL)
+    assert out["variant"]["value"] == "local folder" and out["model_source"]["value"] == tiny_repo.name
+    assert str(tiny_repo) not in repr(out)
+
+
+def test_only_the_modes_this_machine_runs_are_offered_and_accepted(tiny_repo):
+    cpu = torch.device("cpu")
+    assert supported_speed_modes(cpu) == ("eager", "exact")  # fast needs FP8 tensor cores
+    if not torch.cuda.is_available():
+        assert device_choices() == {"one device": ONE_DEVICE}
+    tab = ModelTab(ModelSlot())
+    if compute_device().type == "cpu":
+        with pytest.raises(gr.Error, match="'fast' needs a GPU with FP8 tensor cores"):
+            tab.on_load_model(str(tiny_repo), "cpu", "fast", ONE_DEVICE, LOCAL, progress=no_progress)
+    if len(device_choices()) == 1:
+        with pytest.raises(gr.Error, match="Devices: 'cuda:0,cuda:1' is not offered here"):
+            tab.on_load_model(str(tiny_repo), "cpu", "eager", CFG_PARALLEL, LOCAL, progress=no_progress)
+    with pytest.raises(gr.Error, match="speed mode 'turbo' is unknown"):
+        tab.on_load_model(str(tiny_repo), "cpu", "turbo", ONE_DEVICE, LOCAL, progress=no_progress)
+    assert tab.slot.loaded is None
+
+
+def test_the_estimate_lists_every_memory_mode():
+    out = ModelTab(ModelSlot()).on_estimate(FP8, "ideogram-ai/ideogram-4-fp8", "full", 1024, 1024, LOCAL)
+    text = out["model_estimate"]
+    for mode in MEMORY_MODES:
+        assert estimate_memory(KNOWN_WEIGHTS["fp8"], mode, 1024, 1024).describe() in text, mode
+
+
+@pytest.mark.gpu
+def test_fast_mode_and_cfg_parallel_are_offered_on_gpus_that_run_them():
+    """On the lent GPU machine: an H200 (compute capability 9.0) offers fast; two GPUs offer CFG-parallel."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    device = torch.device("cuda")
+    assert ("fast" in supported_speed_modes(device)) == (torch.cuda.get_device_capability(device) >= (8, 9))
+    assert (CFG_PARALLEL in device_choices().values()) == (torch.cuda.device_count() >= 2)
