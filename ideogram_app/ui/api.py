@@ -30,11 +30,12 @@ from ideogram_app.caption import (Caption, CaptionFormatError, CaptionSyntaxErro
 from ideogram_app.expand import ExpandError
 from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.pipeline.sampling import PRESETS
-from ideogram_app.pipeline.settings import RANDOM_SEED, SEED_MAX, GenerationSettings
+from ideogram_app.pipeline.settings import IMG2IMG_STRENGTH, RANDOM_SEED, SEED_MAX, GenerationSettings
 from ideogram_app.pipeline.sizes import MULTIPLE, RECOMMENDED_MAX, RECOMMENDED_MIN
 
 from .expansion import Expander
 from .generation import DEFAULTS, JSON_TYPES, GenerationFailed, checked_caption, checked_size, generate_images
+from .history import NotYourResult, owned_result
 from .loras import MAX_LORAS, SCALE_MAX, SCALE_MIN, parse_lora_args
 from .model_slot import ModelNotLoadedError, ModelSlot
 from .results import API_FOLDER, owner_folder, results_dir, save_preview, save_results
@@ -97,7 +98,8 @@ class PublicApi:
     def generate(self, caption: str, width: int = DEFAULTS["width"], height: int = DEFAULTS["height"],
                  preset: str = DEFAULTS["preset"], seed: int = RANDOM_SEED,
                  num_images: int = DEFAULTS["num_images"], loras: list[str] | None = None,
-                 request: gr.Request = None) -> tuple[list[FileData], dict]:
+                 input_image: str | None = None, denoising_strength: float | None = None,
+                 edit_region: list[int] | None = None, request: gr.Request = None) -> tuple[list[FileData], dict]:
         """Generate Ideogram 4 images from a caption.
 
         Args:
@@ -108,30 +110,51 @@ class PublicApi:
             seed: random seed, 0-{seed_max}; {random_seed} picks one.
             num_images: how many images; they use seeds seed, seed+1, ...
             loras: optional LoRAs from the server's LoRA folder as "file.safetensors:scale" strings (scale {scale_min:g} to {scale_max:g}, 1 when omitted), at most {max_loras}; an unknown name is refused with the list of available files.
+            input_image: optional file name of one of your earlier /generate results on this server, as returned (e.g. "ideogram-0123456789ab.png"): img2img from it, or a region edit with edit_region.
+            denoising_strength: how much of input_image is redrawn, in (0, 1]; {img2img_strength} when omitted with input_image.
+            edit_region: optional box [y_min, x_min, y_max, x_max] on 0-1000 (with input_image): regenerate only this box and keep the rest of the image unchanged.
 
         Returns:
             The PNG files (caption and settings in their metadata) and the settings used.
         """
+        username = getattr(request, "username", None)
+        folder = results_dir(owner_folder(username) if username else API_FOLDER)
         try:
             caption = checked_caption(caption, self.limits)
+            source = self._own_result(folder, input_image)
             settings = GenerationSettings(width=width, height=height, preset=preset, seed=seed, num_images=num_images,
-                                          limits=self.limits)
+                                          input_image=source, denoising_strength=denoising_strength,
+                                          edit_region=edit_region, limits=self.limits)
             chosen = parse_lora_args(loras)
             pipe = self.slot.require().pipe
             prepared = pipe.prepare(caption, settings)  # caption, token count
             images = generate_images(pipe, prepared, loras=chosen)
         except (ValueError, ModelNotLoadedError, GenerationFailed) as err:  # input, no model, out of memory
             raise gr.Error(str(err)) from None
-        username = getattr(request, "username", None)
-        results = save_results(images, results_dir(owner_folder(username) if username else API_FOLDER))
+        results = save_results(images, folder)
         return [FileData(path=r["path"]) for r in results], {"prompt": prepared.prompt.text,
                                                              "images": [r["settings"] for r in results]}
 
     generate.__doc__ = generate.__doc__.format(
         multiple=MULTIPLE, recommended_min=RECOMMENDED_MIN, recommended_max=RECOMMENDED_MAX, seed_max=SEED_MAX,
-        random_seed=RANDOM_SEED, scale_min=SCALE_MIN, scale_max=SCALE_MAX, max_loras=MAX_LORAS,
+        random_seed=RANDOM_SEED, img2img_strength=IMG2IMG_STRENGTH, scale_min=SCALE_MIN, scale_max=SCALE_MAX,
+        max_loras=MAX_LORAS,
         presets=", ".join(f'"{name}" ({p.steps} steps{", the default" if name == DEFAULTS["preset"] else ""})'
                           for name, p in PRESETS.items()))
+
+    @staticmethod
+    def _own_result(folder, name) -> str | None:
+        """`input_image` of /generate: the name of a result in the caller's own folder (never a path)."""
+        if name is None or name == "":
+            return None
+        if not isinstance(name, str):
+            raise ValueError(f"input_image must be the file name of one of your results, got "
+                             f"{JSON_TYPES.get(type(name), 'another type')}")
+        try:
+            return str(owned_result(folder, folder / name))
+        except NotYourResult:
+            raise ValueError(f"input_image {name[:80]!r} is not one of your results on this server; pass the file "
+                             "name an earlier /generate call returned (e.g. ideogram-0123456789ab.png)") from None
 
     def expand(self, idea: str, width: int = DEFAULTS["width"], height: int = DEFAULTS["height"],
                keep: str | None = None) -> tuple[str, dict]:

@@ -25,7 +25,8 @@ def test_only_the_five_endpoints_are_public(client):
     assert api["unnamed_endpoints"] == {}
     generate = api["named_endpoints"]["/generate"]
     assert [p["parameter_name"] for p in generate["parameters"]] == [
-        "caption", "width", "height", "preset", "seed", "num_images", "loras"]
+        "caption", "width", "height", "preset", "seed", "num_images", "loras", "input_image", "denoising_strength",
+        "edit_region"]
 
 
 def test_format_caption_returns_the_compact_canonical_form(client):

@@ -254,3 +254,24 @@ def test_caption_helpers():
     assert caption["compositional_deconstruction"]["elements"][0]["desc"] == "a red circle"  # a copy
     assert caption_elements("a plain prompt") == (None, [])
     assert caption_elements(json.dumps({"high_level_description": "x"})) == (None, [])
+
+
+def test_generate_endpoint_edits_a_region_of_an_earlier_result(client):
+    """/generate through gradio_client: `input_image` names an earlier result of the caller's folder (`api/`
+    without a login), `edit_region` the box; a name outside that folder is refused."""
+    common = (json.dumps(CAPTION), 256, 256, "turbo", 9, 1, None)
+    (first,), _ = client.predict(*common, api_name="/generate")
+    name = Path(first).name
+    (edited,), info = client.predict(*common, name, 0.9, [500, 250, 750, 750], api_name="/generate")
+    assert info["images"][0]["edit_region"] == [500, 250, 750, 750] and info["images"][0]["img2img"] is True
+    before = Image.open(first).convert("RGB").load()
+    after = Image.open(edited).convert("RGB").load()
+    margin = 16 * (FEATHER_TOKENS + 1)
+    assert all(before[x, y] == after[x, y] for y in range(256) for x in range(256)
+               if not (128 - margin <= y < 192 + margin and 64 - margin <= x < 192 + margin))
+    for bad, message in ((f"../user-bob/{name}", "is not one of your results on this server"),
+                         ("/etc/passwd", "is not one of your results on this server")):
+        with pytest.raises(Exception, match=message):
+            client.predict(*common, bad, 0.9, [500, 250, 750, 750], api_name="/generate")
+    with pytest.raises(Exception, match="edit_region \\[500, 250, 750, 750\\] needs an input_image"):
+        client.predict(*common, None, None, [500, 250, 750, 750], api_name="/generate")
