@@ -5,11 +5,12 @@ process (GPU only): a speed mode, a memory mode and one or two devices, over a l
         --peer --out e2e.jsonl
 
 Each case (SIZE:TEXT_TOKENS:PRESET) is one call of the real pipeline — text encoder on T tokens, every
-denoising step of the preset, VAE decode, PIL conversion — timed from the call to the returned image,
-after a 2-step warm-up call at that size and text length. The device is synchronised after every step
-to time the steps (the median goes into the row), which the end-to-end time includes (the warm-up is where compiling happens; its
-time is reported too: for the first case it is the first-image latency). The text-feature cache is
-cleared before each timed call, so the encoder runs every time.
+denoising step of the preset, VAE decode, PIL conversion — timed from the call to the returned image.
+Before it runs a 2-step warm-up call at that size and text length (where compiling would happen); for
+the first case the warm-up is a whole image instead, whose time is the first-image latency after
+loading, compile included (cold, or with a warm `--compile-cache`). The device is synchronised after
+every step to time the steps (their median goes into the row; the end-to-end time includes these
+syncs). The text-feature cache is cleared before each call, so the encoder runs every time.
 
 `--peer` times diffusers' `Ideogram4Transformer2DModel` (holding our conditional DiT's weights) in the
 same process: one guided step as its pipeline lays it out (text padded to 2048 with a dense mask for the
@@ -18,7 +19,7 @@ time next to ours. `--weights fp8` stores every block linear as e4m3 with per-ro
 official fp8 release does); `full` mode then widens them once, like `fp8="dequantize"`.
 `--fidelity` (with --mode fast) reports the per-forward relative error of the converted DiTs against
 the same DiTs in bf16, before converting. `--save-latents DIR` writes the final latents of the first
-case, for comparing modes across processes (`--compare A.pt B.pt`).
+quality-preset case, for comparing modes across processes (`--compare A.pt B.pt`).
 
 One JSON line per case goes to `--out` (appended), plus one line of facts about the run.
 """
@@ -216,13 +217,15 @@ def run(args) -> None:
                                       "unconditional": relative_error(converted[1], reference[1])}
     emit({"facts": facts})
     peer_cache: dict = {}
+    saved = False
     for index, case in enumerate(args.cases.split(",")):
         size, text_tokens, preset = case.split(":")
         width, height = parse_size(size)
         prompt = prompt_with_tokens(pipe.tokenizer, int(text_tokens))
         warm_started = time.perf_counter()
         pipe._encoded = None
-        pipe(prompt, width=width, height=height, seed=0, preset=preset, num_inference_steps=2)
+        # The first case's warm-up is a whole image: the first-image latency after loading, compile included.
+        pipe(prompt, width=width, height=height, seed=0, preset=preset, **({} if index == 0 else {"num_inference_steps": 2}))
         synced(device_list)
         warm_s = time.perf_counter() - warm_started
         marks = []
@@ -240,7 +243,7 @@ def run(args) -> None:
         pipe(prompt, width=width, height=height, seed=0, preset=preset, callback=on_step)
         synced(device_list)
         total = time.perf_counter() - start
-        row = {**config, "case": case, "first_call_s" if index == 0 else "warmup_s": round(warm_s, 2),
+        row = {**config, "case": case, "first_image_s" if index == 0 else "warmup_2_steps_s": round(warm_s, 2),
                "e2e_s": round(total, 3),
                "peak_gb": [round(torch.cuda.max_memory_allocated(d) / 1e9, 2) for d in device_list if d.type == "cuda"],
                "driver_used_gb": [round((torch.cuda.mem_get_info(d)[1] - torch.cuda.mem_get_info(d)[0]) / 1e9, 2)
@@ -258,7 +261,8 @@ def run(args) -> None:
             if "step_ms_median" in row:
                 row["diffusers_over_ours"] = round(peer_cache[key] / row["step_ms_median"], 2)
         emit(row)
-        if index == 0 and args.save_latents:
+        if args.save_latents and preset == "quality" and not saved:
+            saved = True
             pipe._encoded = None
             latents = pipe(prompt, width=width, height=height, seed=0, preset=preset, output_type="latent")
             Path(args.save_latents).mkdir(parents=True, exist_ok=True)
