@@ -41,8 +41,9 @@ def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     `t ≈ q.float() * scale`. scale = max(max|row| / 448, SCALE_FLOOR); q = e4m3(clamp(t / scale, ±448)).
 
     Plain elementwise ops and one reduction, so `torch.compile` fuses them into the producer of `t`.
-    The clamp only guards rounding at the very top of the range: |t / scale| ≤ 448 up to one fp32 ulp,
-    and float8_e4m3fn has no infinity (an overflow would become NaN).
+    The clamp only guards rounding at the very top of the range (|t / scale| ≤ 448 up to one fp32 ulp):
+    float8_e4m3fn has no infinity, torch's own cast saturates at ±448, and the clamp makes the result
+    independent of how a compiled kernel's cast treats anything past it.
     """
     scale = (t.abs().amax(dim=-1, keepdim=True).float() / FP8_MAX).clamp_min(SCALE_FLOOR)
     return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
@@ -135,8 +136,9 @@ def use_fp8_gemms(dit: nn.Module) -> nn.Module:
     """Make the block GEMMs of `dit` FP8 GEMMs, in place; returns `dit`.
 
     Converted: `layers.*.attention.qkv`, `.attention.o`, `.feed_forward.w1/w2/w3` (≈ 86 % of the
-    FLOPs of a 1024² forward; attention is nearly all the rest). An `Fp8Linear` (fp8 kept from the official checkpoint) is taken as stored, bit for bit;
-    a float `nn.Linear` is quantised per output row. Untouched, in whatever form they were loaded:
+    FLOPs of a 1024² forward; attention is nearly all the rest). An `Fp8Linear` (fp8 kept from the
+    official checkpoint) is taken as stored, bit for bit; a float `nn.Linear` is quantised per output
+    row. Untouched, in whatever form they were loaded:
     `input_proj`, `llm_cond_norm`/`llm_cond_proj`, `t_embedding`, `adaln_proj`, each block's
     `adaln_modulation`, the indicator embedding, the norms and `final_layer` — they feed every token's
     conditioning or the output directly, are small, and are where low precision shows most.
