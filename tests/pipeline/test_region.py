@@ -207,3 +207,17 @@ def test_cli_edit_region(tiny_repo, source, tmp_path, capsys):
     assert "--edit-region 1,2,x,4: give four whole numbers y_min,x_min,y_max,x_max" in capsys.readouterr().err
     assert main([*common, "--out", str(out), "--input-image", str(source), "--edit-region", "600,0,100,500"]) == 2
     assert "--edit-region: edit_region [600, 0, 100, 500] has a minimum above its maximum" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("memory", ["full", "offload"])
+def test_region_edit_on_cuda_keeps_the_outside(tiny_repo, source, memory):
+    """The hook's tensors and the paste-back follow the latents to the GPU (full) or back (offload)."""
+    pipe = Ideogram4Pipeline.from_pretrained(str(tiny_repo), torch_dtype=torch.float32, device="cuda", memory=memory)
+    edited = pipe(EDITED, input_image=source, edit_region=BOX, denoising_strength=0.9, seed=2, **SIZE)
+    diff = (as_tensor(edited) - as_tensor(Image.open(source).convert("RGB"))).abs()
+    margin = 16 * (FEATHER_TOKENS + 1)
+    outside = torch.ones(256, 256, dtype=torch.bool)
+    outside[96 - margin:160 + margin, 96 - margin:160 + margin] = False
+    assert diff[outside].max() <= 1.0 and diff[96:160, 96:160].mean() > 10.0
