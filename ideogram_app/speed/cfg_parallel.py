@@ -257,6 +257,13 @@ def distributed_cfg_velocity(
 
 
 # ----- command line (two processes) ---------------------------------------------------------------
+# generate's flags that this runner does not implement, refused rather than ignored.
+NOT_WITH_TWO_PROCESSES = {
+    "edit_region": "region edits need the pipeline's own run (its latent hook); use python -m ideogram_app.generate",
+    "devices": "each rank takes its own device (--device cuda: cuda:LOCAL_RANK)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """`python -m ideogram_app.generate`'s flags (same names, defaults and checks), with `--prompt` /
     `--output` as the names used here, `--device cuda|cpu` for the kind of device each rank takes, and
@@ -297,7 +304,6 @@ def _load_rank(args: argparse.Namespace, device: torch.device, rank: int):
     from ideogram_app.loading.dit import load_transformer
     from ideogram_app.pipeline.estimate import choose_fp8, component_weight_bytes
     from ideogram_app.pipeline.model_config import components_from_model
-    from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
     from ideogram_app.speed import apply_speed_mode, check_speed_mode, default_speed_mode
 
     paths = components_from_model(args.model)
@@ -313,6 +319,8 @@ def _load_rank(args: argparse.Namespace, device: torch.device, rank: int):
         dit = load_transformer(paths.unconditional_transformer, device=device, dtype=dtype, fp8=fp8,
                                subfolder="unconditional_transformer")
         return apply_speed_mode(dit, mode, cache_dir=args.compile_cache)
+    from ideogram_app.pipeline.pipeline import Ideogram4Pipeline  # rank 0 only: it pulls in the text stack
+
     name = args.model
     paths = dataclasses.replace(paths, unconditional_transformer=None)
     if args.transformer is not None:
@@ -346,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: start 2 processes: torchrun --nproc-per-node 2 -m ideogram_app.speed.cfg_parallel ...", file=sys.stderr)
         return 2
     try:
-        if args.edit_region is not None:  # region edits need the pipeline's own run (its latent hook)
-            raise UsageError("--edit-region is not available with two processes; use python -m ideogram_app.generate")
+        for dest, why in NOT_WITH_TWO_PROCESSES.items():
+            if getattr(args, dest, None) is not None:
+                raise UsageError(f"--{dest.replace('_', '-')} is not available with two processes: {why}")
         prompt, settings = check_arguments(args)
         device = rank_device(args.device)
     except UsageError as err:

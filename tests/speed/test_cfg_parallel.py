@@ -18,7 +18,6 @@ from PIL import Image
 from ideogram_app.loading.dit import load_transformer
 from ideogram_app.pipeline.conditioning import initial_noise, prepare_conditioning
 from ideogram_app.pipeline.metadata import read_image_metadata
-from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
 from ideogram_app.pipeline.sampling import denoise, schedule
 from ideogram_app.pipeline.sizes import token_grid
 from ideogram_app.pipeline.velocity import dit_pair_velocity
@@ -33,9 +32,17 @@ PROMPT = "a red fox in the snow"
 GUIDANCE = (7.0, 1.0, 3.0, 1.0)  # guided and unguided steps, in both orders
 
 
+def load_pipeline(repo, **options):
+    """Imported here, not at the top: the spawned ranks import this module, and the pipeline module
+    pulls in transformers, which would double their start-up time."""
+    from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
+
+    return Ideogram4Pipeline.from_pretrained(str(repo), torch_dtype=torch.float32, **options)
+
+
 @pytest.fixture(scope="module")
 def pipe(tiny_repos):
-    return Ideogram4Pipeline.from_pretrained(str(tiny_repos["bf16"]), torch_dtype=torch.float32, memory="cpu")
+    return load_pipeline(tiny_repos["bf16"], memory="cpu")
 
 
 def conditioning_and_noise(pipe, unconditional=None, batch=1):
@@ -51,7 +58,7 @@ def times():
 
 
 def pixels(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"))).int()
+    return torch.from_numpy(np.array(image.convert("RGB"))).int()
 
 
 def count_forwards(module):
@@ -100,7 +107,7 @@ def test_loras_on_each_dit_and_pass_scoped_scales_match_the_single_device_veloci
     finally:
         pipe.unload_lora()
 
-    single = Ideogram4Pipeline.from_pretrained(str(tiny_repos["bf16"]), torch_dtype=torch.float32, memory="cpu", unconditional="lora")
+    single = load_pipeline(tiny_repos["bf16"], memory="cpu", unconditional="lora")
     single.load_lora(style, scale=0.8)
     single.load_lora(negative, target="unconditional_lora")
     scales = single._pass_scales()
@@ -204,7 +211,7 @@ def test_torchrun_command_makes_the_single_process_image(tiny_repo, tmp_path):
                       port=31500 + os.getpid() % 1000)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"saved {out} (seed 7)" in result.stdout
-    reference = Ideogram4Pipeline.from_pretrained(str(tiny_repo), torch_dtype=torch.float32, memory="cpu")
+    reference = load_pipeline(tiny_repo, memory="cpu")
     expected = reference(PROMPT, seed=7, width=WIDTH, height=HEIGHT, preset="turbo", num_inference_steps=3)
     made = read_image_metadata(out)
     assert made == read_image_metadata(expected)
@@ -222,10 +229,18 @@ def test_a_prompt_refused_on_rank_0_stops_both_ranks_with_one_message(tiny_repo,
     assert result.stderr.count("error: ") == 1 and "2048" in result.stderr, result.stderr[-2000:]
 
 
-def test_the_command_without_torchrun_says_how_to_start_it(monkeypatch, capsys):
+def test_the_command_refuses_what_it_cannot_do_before_starting_a_process_group(monkeypatch, capsys):
     monkeypatch.delenv("RANK", raising=False)
     assert main(["--model", "m", "--prompt", "p", "--output", "o.png"]) == 2
     assert "torchrun --nproc-per-node 2" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["--model", "m", "--prompt", "p", "--output", "o.png", "--edit-region", "0,0,500,500"]) == 2
+    assert "--edit-region is not available with two processes" in capsys.readouterr().err
+    assert main(["--model", "m", "--caption", "p", "--out", "o.png", "--size", "100x64"]) == 2  # generate's checks
+    assert "--size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", "m", "--prompt", "p", "--output", "o.png", "--memory", "offload"])
 
 
 # ----- two GPUs -----------------------------------------------------------------------------------
@@ -237,8 +252,8 @@ needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs
 @needs_two_gpus
 def test_two_gpus_give_the_one_gpu_latents_without_host_syncs(tiny_repos, layout):
     torch.backends.cuda.matmul.allow_tf32 = False
-    one = Ideogram4Pipeline.from_pretrained(str(tiny_repos[layout]), torch_dtype=torch.float32, device="cuda:0")
-    two = Ideogram4Pipeline.from_pretrained(str(tiny_repos[layout]), torch_dtype=torch.float32, device="cuda:0")
+    one = load_pipeline(tiny_repos[layout], device="cuda:0")
+    two = load_pipeline(tiny_repos[layout], device="cuda:0")
     devices = parse_devices("cuda:0,cuda:1")
     plan = place_for_cfg_parallel(transformer=two.transformer, unconditional=two.unconditional_transformer,
                                   text_encoder=two.text_encoder, vae=two.vae, devices=devices)
@@ -269,7 +284,7 @@ def test_torchrun_on_two_gpus_with_nccl_makes_the_one_gpu_image(tiny_repo, tmp_p
                       "--preset", "turbo", "--steps", "3", "--seed", "7", "--dtype", "float32", "--device", "cuda",
                       port=33500 + os.getpid() % 1000)
     assert result.returncode == 0, result.stderr[-3000:]
-    reference = Ideogram4Pipeline.from_pretrained(str(tiny_repo), torch_dtype=torch.float32, device="cuda:0")
+    reference = load_pipeline(tiny_repo, device="cuda:0")
     expected = reference(PROMPT, seed=7, width=WIDTH, height=HEIGHT, preset="turbo", num_inference_steps=3)
     with Image.open(out) as image:
         difference = (pixels(image) - pixels(expected)).abs()
