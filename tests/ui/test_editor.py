@@ -61,6 +61,39 @@ def test_delete_duplicate_and_reorder():
     assert [e["type"] for e in deleted.elements] == ["obj"] and deleted.selected == 0
 
 
+def test_duplicate_takes_the_canvas_offset_and_stays_inside_the_grid():
+    state = draw(EditorState(), (0, 0, 40, 40))  # [0, 0, 100, 100]
+    dup = apply_canvas_op(state, {"op": "duplicate", "index": 0, "dy": 35, "dx": 10})
+    assert dup.elements[1]["bbox"] == [35, 10, 135, 110]
+    low = draw(EditorState(), (0, 380, 40, 400))  # [950, 0, 1000, 100]: no room below, the canvas sends -35
+    assert apply_canvas_op(low, {"op": "duplicate", "index": 0, "dy": -35, "dx": 10}).elements[1]["bbox"] == [
+        915, 10, 965, 110]
+
+
+def test_reorder_moves_one_element_to_a_position_and_keeps_it_selected():
+    state = EditorState()
+    for k in range(4):
+        state = draw(state, (0, 0, 40 + k, 40))
+    widths = lambda s: [e["bbox"][3] for e in s.elements]  # [100, 103, 105, 108] tell them apart
+    assert widths(state) == [100, 103, 105, 108]
+    down = apply_canvas_op(state, {"op": "reorder", "index": 0, "to": 2})
+    assert widths(down) == [103, 105, 100, 108] and down.selected == 2
+    up = apply_canvas_op(down, {"op": "reorder", "index": 3, "to": 0})
+    assert widths(up) == [108, 103, 105, 100] and up.selected == 0
+    assert apply_canvas_op(up, {"op": "undo"}).elements == down.elements  # one step each
+
+
+def test_boxes_sets_several_boxes_as_one_undo_step_and_keeps_the_selection():
+    state = draw(draw(draw(EditorState(), (0, 0, 40, 40)), (40, 40, 80, 80)), (80, 80, 120, 120))
+    assert state.selected == 2
+    # a canvas in model units: size 1000x1000, rect [x0, y0, x1, y1]
+    aligned = apply_canvas_op(state, {"op": "boxes", "size": [1000, 1000], "boxes": [
+        {"index": 1, "rect": [0, 100, 100, 200]}, {"index": 2, "rect": [0, 200, 100, 300]}]})
+    assert [e["bbox"] for e in aligned.elements] == [[0, 0, 100, 100], [100, 0, 200, 100], [200, 0, 300, 100]]
+    assert aligned.selected == 2
+    assert apply_canvas_op(aligned, {"op": "undo"}).elements == state.elements
+
+
 def test_undo_and_redo_walk_the_history():
     state = draw(draw(EditorState(), (0, 0, 40, 40)), (100, 100, 200, 200))
     once = apply_canvas_op(state, {"op": "undo"})
@@ -87,6 +120,16 @@ def test_typing_in_one_field_is_one_undo_step():
     ({"op": "move", "index": 7, "rect": [0, 0, 9, 9], "size": [10, 10]}, "element 7"),
     ({"op": "explode", "index": 0}, "unknown canvas operation"),
     ({"op": "draw", "kind": "obj", "rect": [5, 5, 5, 9], "size": [10, 10]}, "empty"),
+    ({"op": "nudge", "index": 0, "dx": 1.5, "dy": 0}, "integer dy/dx"),
+    ({"op": "duplicate", "index": 0, "dx": 0, "dy": 5000}, "within ±1000"),
+    ({"op": "reorder", "index": 0, "to": 1}, "to=1"),
+    ({"op": "reorder", "index": 0, "to": True}, "to=True"),
+    ({"op": "boxes", "size": [10, 10], "boxes": []}, "1..1 boxes, got 0"),
+    ({"op": "boxes", "size": [10, 10], "boxes": "all"}, "got str"),
+    ({"op": "boxes", "size": [10, 10], "boxes": [[0, [0, 0, 5, 5]]]}, "item 0 must be an object"),
+    ({"op": "boxes", "size": [10, 10], "boxes": [{"index": 3, "rect": [0, 0, 5, 5]}]}, "element 3"),
+    ({"op": "boxes", "size": [10, 10], "boxes": [{"index": 0, "rect": [0, 0, 5, float("nan")]}]}, "rect"),
+    ({"op": "boxes", "size": [10, 10], "boxes": [{"index": 0, "rect": [5, 0, 5, 9]}]}, "empty box"),
 ])
 def test_untrusted_canvas_payloads_are_rejected_with_the_reason(payload, where):
     state = draw(EditorState(), (0, 0, 40, 40))
