@@ -99,6 +99,16 @@ def test_merged_equals_unmerged_and_unmerge_is_bit_exact(two_files, load_ours, i
     assert_bit_exact(model, snap, base_output, inputs)
 
 
+def test_the_weight_kept_for_unmerging_is_no_parameter_of_the_model(two_files, load_ours):
+    """Kept as a plain tensor: as a Parameter attribute it would join the state_dict and move with .to()."""
+    _, first_path, _, _ = two_files
+    model = load_ours("bf16")
+    names = {n.replace(".base.", ".") for n, _ in model.named_parameters()}
+    apply_lora(model, first_path, name="one", merge=True)
+    assert {n.replace(".base.", ".") for n, _ in model.named_parameters()} == names
+    assert not any(key.endswith("_original") for key in model.state_dict())
+
+
 def test_merged_and_unmerged_mix_on_one_layer(two_files, load_ours, inputs):
     _, first_path, _, second_path = two_files
     model = load_ours("bf16")
