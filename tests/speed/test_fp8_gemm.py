@@ -390,7 +390,8 @@ def test_merged_lora_requantises_rows_and_unmerge_restores_the_fp8_bits(load, in
     want_model = hand_merged_fast(use_fp8_gemms(load("bf16")), blocks, 0.5)
     for name in CONVERTED:
         got, want = model.get_submodule(name).base, want_model.get_submodule(name)
-        assert torch.equal(got.weight.view(torch.uint8), want.weight.view(torch.uint8)) and torch.equal(got.weight_scale, want.weight_scale), name
+        assert torch.equal(got.weight.view(torch.uint8), want.weight.view(torch.uint8)), name
+        assert torch.equal(got.weight_scale, want.weight_scale), name
     assert torch.equal(run(model, inputs), run(want_model, inputs))
 
     set_scale(model, "style", -0.25)  # rebuilt from the kept fp8 original, not from the merged weight
@@ -506,7 +507,8 @@ def released_errors(text_tokens):
     exact.load_state_dict({k: v.float() for k, v in reference.state_dict().items()}, assign=True)
     tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # a true fp32 reference
     try:
-        errors = err, forward_error(exact.eval(), reference, text_tokens, 64, "cuda"), forward_error(exact, fast, text_tokens, 64, "cuda")
+        errors = (err, forward_error(exact.eval(), reference, text_tokens, 64, "cuda"),
+                  forward_error(exact, fast, text_tokens, 64, "cuda"))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     del reference, fast, exact
