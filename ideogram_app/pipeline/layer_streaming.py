@@ -34,7 +34,8 @@ The hooks do nothing outside `running`. They are excluded from `torch.compile` t
 (`torch.compiler.disable`), so a block compiled before or after `place` runs its hooks eagerly around
 the compiled code. On the CPU (compute device == storage device) the same path runs with real copies
 and no CUDA calls, which is how the tests exercise it. One `running` block per module at a time (the
-pipeline's); a nested `running` of the same module is a no-op.
+pipeline's); a nested `running` of the same module is a no-op. `unplace(module)` takes the hooks
+off and drops the resident copies, so another plan can take the module without a reload.
 
 This module subclasses `OffloadPlan` and registers itself in `placement.PLANS`; placement.py imports
 it at its bottom, so `MemoryPlan.create("stream")` works after importing either module.
@@ -87,6 +88,7 @@ class _Placed:
     layers: list[nn.Module]  # the streamed blocks (empty: the whole module is its rest)
     resident_rest: bool
     resident_blocks: int  # the first this-many blocks keep device copies between runs
+    resident_cost: int  # bytes of the budget those take
     cache: dict[int, _Copies] = field(default_factory=dict)  # resident copies: -1 = the rest, i = block i
     handles: list = field(default_factory=list)
     run: _Run | None = None
@@ -132,20 +134,36 @@ class StreamPlan(OffloadPlan):
         layers = streamed_layers(module)
         block_bytes = [_bytes(_tensor_slots(layer)) for layer in layers]
         rest_bytes = _bytes(_rest_slots(module, layers))
-        resident_rest = rest_bytes <= self._resident_left
+        left = self._resident_left
+        resident_rest = rest_bytes <= left
         if resident_rest:
-            self._resident_left -= rest_bytes
+            left -= rest_bytes
         resident_blocks = 0
         for size in block_bytes:
-            if size > self._resident_left:
+            if size > left:
                 break
-            self._resident_left -= size
+            left -= size
             resident_blocks += 1
-        placed = _Placed(module, layers, resident_rest, resident_blocks)
+        placed = _Placed(module, layers, resident_rest, resident_blocks, self._resident_left - left)
+        self._resident_left = left
         for index, layer in enumerate(layers):
             placed.handles.append(layer.register_forward_pre_hook(torch.compiler.disable(partial(self._before_block, placed, index))))
             placed.handles.append(layer.register_forward_hook(torch.compiler.disable(partial(self._after_block, placed, index))))
         self._placed[id(module)] = placed
+        return module
+
+    def unplace(self, module: nn.Module) -> nn.Module:
+        """Remove the block hooks and drop the resident copies (their budget comes back): the module is a
+        plain host module again, for another plan to place (switching modes without reloading)."""
+        placed = self._placement(module)
+        if placed is None:
+            raise ValueError(f"{type(module).__name__} was not placed by this plan")
+        if placed.run is not None:
+            raise RuntimeError(f"{type(module).__name__} is running; unplace it after its `running` block")
+        for handle in placed.handles:
+            handle.remove()
+        self._resident_left += placed.resident_cost
+        del self._placed[id(module)]
         return module
 
     def resident_parts(self, module: nn.Module) -> tuple[bool, int]:

@@ -243,6 +243,22 @@ def test_stream_plan_knobs_are_checked():
         StreamPlan(CPU).resident_parts(torch.nn.Linear(2, 2))
 
 
+def test_unplace_removes_the_hooks_and_gives_the_budget_back(tiny_repos):
+    dit = load_transformer(tiny_repos["fp8"] / "transformer", device="cpu", dtype=torch.float32, fp8="keep")
+    plan = StreamPlan(CPU, resident_bytes=10**9)
+    plan.place(dit)
+    with plan.running(dit):
+        dit(**dit_inputs(dit))
+        with pytest.raises(RuntimeError, match="is running; unplace it after its `running` block"):
+            plan.unplace(dit)
+    assert plan.unplace(dit) is dit and plan._resident_left == 10**9
+    assert all(not b._forward_pre_hooks and not b._forward_hooks for b in dit.layers)
+    with pytest.raises(ValueError, match="Ideogram4DiT was not placed by this plan"):
+        plan.unplace(dit)
+    other = StreamPlan(CPU)
+    assert other.place(dit) is dit and other.resident_parts(dit) == (False, 0)
+
+
 def test_modules_without_layers_and_unplaced_modules_visit_whole():
     plan = StreamPlan(CPU)
     conv = torch.nn.Conv2d(1, 1, 1)
@@ -347,7 +363,7 @@ def test_real_size_stream_step_peak_time_bandwidth_and_agreement():
     g = torch.Generator().manual_seed(0)
     features = torch.randn(1, text_tokens, cond.cfg.llm_features_dim, generator=g)
     z = torch.randn(1, grid * grid, 128, generator=g).cuda()
-    block = streamed_layers(cond)[5]
+    block = streamed_layers(cond)[-1]  # a streamed (not resident) block
     block_host = [t for t in stored(block)]
 
     def timed_steps(memory):
@@ -394,6 +410,26 @@ def test_real_size_stream_step_peak_time_bandwidth_and_agreement():
     streamed_bytes = sum(bytes_copied_per_run(plan, m) for m in (cond, uncond))
     assert all(a is b for a, b in zip(stored(block), block_host, strict=True))  # host tensors back in place
 
+    # the knobs: step time of other budgets and depths (same modules; each plan's hooks act only in its own
+    # `running`), and what each adds on top of the memory already held
+    variants = {}
+    for resident_bytes, prefetch in ((0, 1), (0, 2), (6 * 10**9, 2)):
+        other = StreamPlan(torch.device("cuda"), torch.device("cpu"), resident_bytes=resident_bytes, prefetch=prefetch)
+        for module in (cond, uncond):
+            other.place(module)
+        with torch.inference_mode():
+            timed_steps(other)
+            torch.cuda.synchronize()
+            held = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            _, times = timed_steps(other)
+        variants[f"resident_{resident_bytes / 1e9:g}gb_prefetch_{prefetch}"] = {
+            "step_s": round(min(times), 3), "added_peak_gb": round((torch.cuda.max_memory_allocated() - held) / 1e9, 2)}
+        for module in (cond, uncond):
+            other.unplace(module)
+        del other
+        torch.cuda.empty_cache()
+
     # isolated streamed bandwidth: one DiT forward's worth of block copies with no compute
     blocks_host = [t for b in streamed_layers(uncond) for t in stored(b)]
     torch.cuda.synchronize()
@@ -416,6 +452,10 @@ def test_real_size_stream_step_peak_time_bandwidth_and_agreement():
     del vae, latent
     torch.cuda.empty_cache()
 
+    for module in (cond, uncond):
+        plan.unplace(module)  # no inactive hooks left to time in full mode
+    del plan
+    torch.cuda.empty_cache()
     full = MemoryPlan.create("full", "cuda")
     for module in (cond, uncond):
         module.to("cuda")
@@ -438,6 +478,7 @@ def test_real_size_stream_step_peak_time_bandwidth_and_agreement():
         "ratio": round(step_stream / step_full, 3),
         "streamed_gb_per_step": round(streamed_bytes / 1e9, 2),
         "achieved_gbps_in_step": round(streamed_bytes / step_stream / 1e9, 1),
+        "variants": variants,
         "plain_pinned_gbps": round(plain_gbps, 1),
         "block_copies_gbps": round(blocks_gbps, 1),
         "vae_decode_1024_activation_gb": round(vae_peak / 1e9, 2),
