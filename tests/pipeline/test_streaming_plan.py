@@ -209,16 +209,18 @@ def test_compiled_blocks_stream_the_same_way(tiny_repos):
     assert [copied for _, copied, *_ in watch.seen] == [True] * (2 * len(dit.layers))
 
 
-def test_a_lora_in_stream_mode_makes_the_cpu_mode_image(tiny_repos, tmp_path):
-    """Adapters added after `place` sit in the blocks and stream with them; with resident blocks, their
-    cached copies are refreshed when a LoRA is added, merged or removed."""
+@pytest.mark.parametrize("layout,merges", [("bf16", (False, True)), ("fp8", (False,))])
+def test_a_lora_in_stream_mode_makes_the_cpu_mode_image(tiny_repos, tmp_path, layout, merges):
+    """Adapters added after `place` sit in the blocks and stream with them (beside kept fp8 weights
+    too); with every block resident, their cached copies are refreshed when a LoRA is added, merged or
+    removed."""
     path = write_comfyui(tmp_path / "style.safetensors", fused_truth(seed=3, rank=4, alpha=4.0))
-    cpu = Ideogram4Pipeline.from_pretrained(str(tiny_repos["bf16"]), torch_dtype=torch.float32, memory="cpu")
-    pipe = stream_pipe(tiny_repos["bf16"], resident_bytes=sum(t.numel() * t.element_size() for t in stored(cpu.transformer)))
+    cpu = Ideogram4Pipeline.from_pretrained(str(tiny_repos[layout]), torch_dtype=torch.float32, memory="cpu")
+    pipe = stream_pipe(tiny_repos[layout], resident_bytes=sum(t.numel() * t.element_size() for t in stored(cpu.transformer)))
     assert pipe.memory.resident_parts(pipe.transformer) == (True, len(cpu.transformer.layers))
     base = np.asarray(pipe("a cat", **FAST))  # fills the resident copies
     assert np.array_equal(base, np.asarray(cpu("a cat", **FAST)))
-    for merge in (False, True):
+    for merge in merges:
         cpu.load_lora(path, scale=0.8, merge=merge)
         pipe.load_lora(path, scale=0.8, merge=merge)
         with_lora = np.asarray(pipe("a cat", **FAST))
