@@ -528,6 +528,32 @@ def test_gpu_released_shapes_forward_error(text_tokens):
     assert err <= GPU_FORWARD_ERR
 
 
+@needs_cuda
+def test_gpu_compiled_fast_mode_forward_time_and_error():
+    """What users run: `apply_speed_mode(..., "fast")` (FP8 GEMMs + the per-block compile) against
+    `"exact"` (bf16, the same compile) on the same weights at 1024², cond N = 4396 and uncond N = 4096.
+    Prints the forward times and the error; the acceptance bound is asserted on the eager forward above."""
+    from ideogram_app.speed import apply_speed_mode
+
+    reference, fast = fast_and_reference(Ideogram4Config(), "cuda")
+    apply_speed_mode(reference, "exact")
+    apply_speed_mode(fast, "fast")
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for text_tokens in (300, 0):
+        pos, seg, ind = (a.cuda() for a in build_token_layout(text_tokens, 64, 64))
+        x = torch.randn(1, pos.shape[1], 128, device="cuda", generator=g)
+        text = torch.randn(1, text_tokens, 4608, device="cuda", generator=g) if text_tokens else None
+        t = torch.full((1,), 0.25, device="cuda")
+        with torch.inference_mode():
+            runs = {name: (lambda m=model: m(x, t, None, pos, seg, ind, text_hidden=text))
+                    for name, model in (("exact", reference), ("fast", fast))}
+            err = rel_err(runs["fast"]()[ind == 2], runs["exact"]()[ind == 2])
+            ms = {name: _cuda_ms(run, warmup=2, repeat=5) for name, run in runs.items()}
+        print(f"\ncompiled, N={pos.shape[1]}: exact {ms['exact']:.1f} ms, fast {ms['fast']:.1f} ms "
+              f"({ms['exact'] / ms['fast']:.2f}x); fast vs exact relative error {err:.4f}")
+        assert err < 0.1
+
+
 def _cuda_ms(fn, warmup=3, repeat=20):
     for _ in range(warmup):
         fn()
