@@ -310,24 +310,22 @@ def bytes_copied_per_run(plan, module) -> int:
     return sum(sizes[resident_blocks:]) + (0 if resident_rest else rest)
 
 
-def real_fp8_dit(seed: int):
-    """A released-size DiT in fp8-kept form with random weights, built block by block on the GPU and
-    left in host RAM (no checkpoint): every Linear an Fp8Linear, as in the official fp8 repo."""
+def fp8_kept_on_host(build, seed: int, parts):
+    """A released-size module in fp8-kept form with random weights (no checkpoint): built on the meta
+    device with bf16 defaults, every nn.Linear turned into an Fp8Linear (as in the official fp8 repo),
+    then filled part by part on the GPU and left in host RAM."""
     from ideogram_app.loading.conversion import prepare_fp8_linears
-    from ideogram_app.model.ideogram4_dit import Ideogram4Config, Ideogram4DiT
 
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # norms, biases, embeddings in bf16 as loaded; fp8 and scales explicit
     try:
         with torch.device("meta"):
-            dit = Ideogram4DiT(Ideogram4Config())
-        prepare_fp8_linears(dit, [n for n, m in dit.named_modules() if isinstance(m, torch.nn.Linear)], "keep")
+            module = build()
+        prepare_fp8_linears(module, [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)], "keep")
     finally:
         torch.set_default_dtype(default)
     g = torch.Generator("cuda").manual_seed(seed)
-    parts = [(f"layers.{i}", b) for i, b in enumerate(dit.layers)] + [
-        (n, m) for n, m in dit.named_children() if n != "layers"]
-    for prefix, part in parts:
+    for prefix, part in parts(module):
         part.to_empty(device="cuda")
         with torch.no_grad():
             for name, t in (*part.named_parameters(prefix), *part.named_buffers(prefix)):
@@ -341,12 +339,105 @@ def real_fp8_dit(seed: int):
                     t.fill_(1.0 if "norm" in name else 0.0)
         part.to("cpu")
     torch.cuda.synchronize()
-    return dit.eval().requires_grad_(False)
+    return module.eval().requires_grad_(False)
+
+
+def layers_then_the_rest(module, layers):
+    return [(f"{layers}.{i}", b) for i, b in enumerate(module.get_submodule(layers))] + [
+        (n, m) for n, m in module.named_children() if n != layers]
+
+
+def real_fp8_dit(seed: int):
+    from ideogram_app.model.ideogram4_dit import Ideogram4Config, Ideogram4DiT
+
+    return fp8_kept_on_host(lambda: Ideogram4DiT(Ideogram4Config()), seed, lambda m: layers_then_the_rest(m, "layers"))
+
+
+def real_fp8_text_model(seed: int):
+    """The Qwen3-VL text model at its released size (the vision tower is never loaded); RoPE's inverse
+    frequencies are rebuilt for real, as the loader does."""
+    from transformers import Qwen3VLTextConfig, Qwen3VLTextModel
+
+    from ideogram_app.loading.text_encoder import QWEN3_VL_8B_TEXT_CONFIG
+
+    config = Qwen3VLTextConfig(**QWEN3_VL_8B_TEXT_CONFIG)
+    model = fp8_kept_on_host(lambda: Qwen3VLTextModel(config), seed,
+                             lambda m: [(n, p) for n, p in layers_then_the_rest(m, "layers") if n != "rotary_emb"])
+    model.rotary_emb = type(model.rotary_emb)(config=config)
+    return model
+
+
+@pytest.fixture(scope="module")
+def real_dits():
+    return real_fp8_dit(1), real_fp8_dit(2)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_real_size_stream_step_peak_time_bandwidth_and_agreement():
+def test_real_size_generation_in_stream_mode_peaks_under_8_gb(tiny_repos, real_dits):
+    """A whole 1024² generation (text encoder, three steps of both DiTs, VAE decode) at released
+    sizes, everything fp8-kept as the official repo loads in `stream` mode, an 882-token caption: the
+    device peak (allocator and driver view) against the estimate and 8 GB. Runs before the step test,
+    which moves the DiTs to the GPU for its full-mode timing. Prints one JSON line."""
+    from ideogram_app.model.flux2_vae import Flux2VAE, Flux2VAEConfig
+    from ideogram_app.model.prompt_tokenizer import PromptTokenizer
+    from ideogram_app.model.text_encoder import Ideogram4TextEncoder
+
+    cond, uncond = real_dits
+    tokenizer = PromptTokenizer(tiny_repos["bf16"] / "tokenizer")
+    text_encoder = Ideogram4TextEncoder(real_fp8_text_model(3), tokenizer)
+    vae = Flux2VAE(Flux2VAEConfig()).to(torch.bfloat16).eval().requires_grad_(False)
+    plan = MemoryPlan.create("stream", "cuda")
+    parts = {"transformer": cond, "unconditional_transformer": uncond, "text_encoder": text_encoder, "vae": vae}
+    for module in parts.values():
+        plan.place(module)
+    try:
+        result = measure_generation(Ideogram4Pipeline(cond, text_encoder, tokenizer, vae, uncond, plan), parts, tokenizer)
+    finally:
+        for module in parts.values():
+            plan.unplace(module)
+    assert result.pop("size") == [1024, 1024]
+    assert result["peak_reserved_gb"] <= 8 and result["driver_peak_gb"] <= 8
+
+
+def measure_generation(pipe, parts, tokenizer):
+    from ideogram_app.pipeline.estimate import estimate_memory
+
+    plan = pipe.memory
+    weights = {name: sum(t.numel() * t.element_size() for t in stored(m)) for name, m in parts.items()}
+    prompt = " ".join(f"a poster of {i} red circles, blue squares and the word HELLO." for i in range(25))
+    tokens = tokenizer.count(prompt)
+    marks = []
+
+    def on_step(step, total):
+        torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with DriverPeak() as driver:
+        image = pipe(prompt, width=1024, height=1024, seed=0, num_inference_steps=3, callback=on_step)
+        torch.cuda.synchronize()
+    total = time.perf_counter() - start
+    result = {
+        "text_tokens": tokens,
+        "weights_gb": {name: round(size / 1e9, 2) for name, size in weights.items()},
+        "resident": {name: plan.resident_parts(m) for name, m in parts.items()},
+        "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
+        "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 2),
+        "driver_peak_gb": round(driver.peak / 1e9, 2),
+        "estimate_gb": round(estimate_memory(weights, "stream", 1024, 1024, text_tokens=tokens).device_bytes / 1e9, 2),
+        "steps_after_the_first_s": [round(b - a, 3) for a, b in zip(marks, marks[1:])],
+        "first_call_s": round(total, 2),
+    }
+    print("\nSTREAM_GENERATION_RESULT " + json.dumps(result))
+    return {**result, "size": list(image.size)}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_real_size_stream_step_peak_time_bandwidth_and_agreement(real_dits):
     """Two released-size fp8-kept DiTs, one guided step at 1024² with 300 text tokens: stream mode's
     device peak (allocator and driver view), its step time against full mode with the same weights, the
     host->device bandwidth it reaches against a plain pinned copy, and its velocity against full mode's.
@@ -359,7 +450,7 @@ def test_real_size_stream_step_peak_time_bandwidth_and_agreement():
     torch.backends.cuda.matmul.allow_tf32 = False
     text_tokens, size, guidance, repeats = 300, 1024, 7.0, 3
     grid = size // 16
-    cond, uncond = real_fp8_dit(1), real_fp8_dit(2)
+    cond, uncond = real_dits
     weights = {name: sum(t.numel() * t.element_size() for t in stored(m)) for name, m in
                (("transformer", cond), ("unconditional_transformer", uncond))}
     g = torch.Generator().manual_seed(0)
