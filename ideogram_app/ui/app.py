@@ -50,11 +50,13 @@ at `/gradio_api/mcp/` (not together with a login: see docs/app.md, "Who may do w
 STUDIO_CSS = """
 .gradio-container { padding-top: 6px !important; }
 #licence-note { margin: 0 0 2px; }
-#licence-note h1 { font-size: 1.15rem; margin: 0; display: inline; }
-#licence-note p { font-size: 12px; margin: 0; color: var(--body-text-color-subdued); }
+#licence-note h1 { font-size: 1.1rem; margin: 0 12px 0 0; display: inline; }
+#licence-note p { font-size: 11px; margin: 0; display: inline; color: var(--body-text-color-subdued); }
 #studio { gap: 12px; align-items: flex-start; }
 #studio-inspector, #studio-run { position: sticky; top: 4px; max-height: calc(100vh - 8px); overflow-y: auto;
-  overscroll-behavior: contain; scrollbar-width: thin; padding-right: 2px; }
+  overscroll-behavior: contain; overflow-anchor: none; scrollbar-width: thin; padding-right: 2px;
+  flex-wrap: nowrap !important; }  /* a capped column must scroll, not wrap into a second one */
+#studio-inspector > *, #studio-run > * { flex-shrink: 0; }
 #studio-inspector { gap: 6px; }
 #studio-toolbar { gap: 4px; align-items: center; flex-wrap: wrap; }
 #studio-toolbar button { font-weight: 500; }
@@ -64,6 +66,8 @@ STUDIO_CSS = """
 #run-bar { gap: 8px; }
 #generate-btn { font-size: 1.05rem; font-weight: 600; min-height: 44px; }
 #stop-btn { min-height: 44px; }
+#results-stack { position: relative; }
+#live-preview { position: absolute !important; top: 0; left: 0; right: 0; z-index: 20; }
 #gen-status { min-height: 1.4em; font-size: 13px; }
 #gen-status p { margin: 0; }
 #size-note { font-size: 12px; color: var(--body-text-color-subdued); margin-top: -6px; }
@@ -76,6 +80,13 @@ if (!window.__ideogramStudio) {
   const style = document.createElement('style');
   style.textContent = %s;
   document.head.appendChild(style);
+  // The gallery focuses its selected thumbnail whenever a new result is selected, which scrolls the
+  // page to it; it scrolls its own thumbnail strip itself, so that focus need not move the page.
+  const focus = HTMLElement.prototype.focus;
+  HTMLElement.prototype.focus = function (options) {
+    const thumbnail = this.classList && this.classList.contains('thumbnail-item') && this.closest('#gallery');
+    return focus.call(this, thumbnail ? { ...(options || {}), preventScroll: true } : options);
+  };
   document.addEventListener('keydown', (event) => {
     if (event.key !== 'Enter' || !(event.ctrlKey || event.metaKey) || event.repeat) return;
     const button = document.querySelector('#generate-btn');

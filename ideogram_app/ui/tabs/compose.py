@@ -91,7 +91,7 @@ EDITOR_VIEW = ("state", "saved", "canvas", "issues_all", "issues_element", "issu
                "json_status", *INSPECTOR, *SCENE)
 SIZE_VIEW = ("state", "saved", "canvas", "width", "height", "size_note", "aspect")
 RESULT_VIEW = ("selected_result", "result_settings", "overlay")
-GENERATE_VIEW = ("results", "gallery", "seed", "gen_status", *RESULT_VIEW)
+GENERATE_VIEW = ("results", "gallery", "seed", "gen_status", "live_preview", *RESULT_VIEW)
 # A run's page furniture: the buttons' state while it runs, the live preview and the timer that fetches it.
 RUN_VIEW = ("generate", "stop", "gen_status", "live_timer", "live_seen", "live_preview")
 # The LoRA picker: the dropdown (PICKER), which LoRAs the scale sliders stand for ("lora_shown", a
@@ -180,8 +180,8 @@ class ComposeTab:
         TemplateGallery(self).build(ui)  # the template side panel (ui/templates_gallery.py)
 
     def _layout_canvas(self, ui: Components) -> None:
-        """The canvas and the one toolbar of caption actions above it (templates, add, undo/redo,
-        import/export). In plain-text mode the canvas is hidden and a note says why (see `editor_view`)."""
+        """The canvas and the one toolbar of caption actions above it (templates, add, undo/redo).
+        In plain-text mode the canvas is hidden and a note says why (see `editor_view`)."""
         with gr.Row(elem_id="studio-toolbar", equal_height=True):
             ui.add("template", gr.Dropdown(list_templates(), label="Template", value=None, show_label=False,
                                            container=False, scale=3, min_width=140, elem_id="template-pick"))
@@ -190,10 +190,6 @@ class ComposeTab:
             ui.add("add_text", gr.Button("+ text", size="sm", scale=0, min_width=60))
             ui.add("undo", gr.Button("↶ Undo", size="sm", scale=0, min_width=70, elem_id="undo-btn"))
             ui.add("redo", gr.Button("↷ Redo", size="sm", scale=0, min_width=70, elem_id="redo-btn"))
-            ui.add("import", gr.UploadButton("Import caption / PNG", file_types=[".json", ".txt", ".png"], type="filepath",
-                                             size="sm", scale=0, min_width=70, elem_id="import-btn"))
-            ui.add("export", gr.Button("Export", size="sm", scale=0, min_width=70))
-        ui.add("export_file", gr.File(label="Exported caption", interactive=False, visible=False))
         plain_note = gr.Markdown(PLAIN_TEXT_NOTE, visible=False, elem_id="plain-text-note")
         canvas = LayoutCanvas(elem_id="layout-canvas")
 
@@ -250,6 +246,11 @@ class ComposeTab:
                                       show_label=False, elem_id="caption-json", lines=10, max_lines=24,
                                       buttons=["copy"]))
             ui.add("json_status", gr.Markdown(elem_id="json-status"))
+            with gr.Row():
+                ui.add("import", gr.UploadButton("Import caption / PNG", file_types=[".json", ".txt", ".png"],
+                                                 type="filepath", size="sm", elem_id="import-btn"))
+                ui.add("export", gr.Button("Export caption", size="sm"))
+            ui.add("export_file", gr.File(label="Exported caption", interactive=False, visible=False))
         with gr.Accordion("Caption check", open=False, elem_id="check-panel"):
             ui.add("issues_all", gr.Markdown(elem_id="caption-issues"))
         with gr.Accordion("Canvas background (reference or last result)", open=False):
@@ -277,11 +278,14 @@ class ComposeTab:
         ui.add("gen_status", gr.Markdown(elem_id="gen-status"))
         ui.add("live_seen", gr.State(0))
         ui.add("live_timer", gr.Timer(LIVE_TICK_S, active=False))
-        ui.add("live_preview", gr.Image(label="Live preview (approximate colours; the final image follows)",
-                                        type="pil", interactive=False, visible=False, height=LIVE_HEIGHT,
-                                        elem_id="live-preview", buttons=[]))
-        gallery = gr.Gallery(label="Results", elem_id="gallery", columns=4, height=RESULTS_HEIGHT, format="png",
-                             object_fit="contain", preview=True, buttons=["download", "fullscreen"])
+        # The live preview lies over the gallery (app.py's style sheet), so showing and hiding it never
+        # moves anything else on the page.
+        with gr.Column(elem_id="results-stack"):
+            ui.add("live_preview", gr.Image(label="Live preview (approximate colours; the final image follows)",
+                                            type="pil", interactive=False, visible=False, height=LIVE_HEIGHT,
+                                            elem_id="live-preview", buttons=[]))
+            gallery = gr.Gallery(label="Results", elem_id="gallery", columns=4, height=RESULTS_HEIGHT, format="png",
+                                 object_fit="contain", preview=True, buttons=["download", "fullscreen"])
         ui.add("gallery", gallery, render=lambda items, result: {
             gallery: gr.update(value=items, selected_index=result.get("selected_result"))})
         with gr.Row(equal_height=True):
@@ -290,8 +294,9 @@ class ComposeTab:
             ui.add("aspect", gr.Dropdown(
                 list(ASPECT_PRESETS) + [CUSTOM_SIZE], label="Aspect / size", min_width=120, elem_id="aspect",
                 value=next((label for label, size in ASPECT_PRESETS.items() if size == default_size), CUSTOM_SIZE)))
-            ui.add("num_images", gr.Slider(1, self.limits.max_images, value=DEFAULTS["num_images"], step=1,
-                                           label=SETTING_LABELS["num_images"], min_width=120, elem_id="num-images"))
+            ui.add("num_images", gr.Number(DEFAULTS["num_images"], label=SETTING_LABELS["num_images"], precision=0,
+                                           minimum=1, maximum=self.limits.max_images, step=1, min_width=70,
+                                           scale=0, elem_id="num-images"))
         with gr.Row(equal_height=True):
             ui.add("width", gr.Number(DEFAULTS["width"], label=SETTING_LABELS["width"], precision=0, step=16,
                                       elem_id="width", min_width=80))
@@ -335,7 +340,7 @@ class ComposeTab:
                        for i, name in enumerate(LORA_SCALES)]
             ui.add("lora_shown", gr.State([]))
             ui.add("lora_upload", gr.UploadButton("Add a LoRA file (.safetensors)", file_types=[".safetensors"],
-                                                  type="filepath", visible=False, elem_id="lora-upload"))
+                                                  type="filepath", visible=False, size="sm", elem_id="lora-upload"))
             ui.add("lora_note", gr.Markdown(elem_id="lora-note"))
 
         def render_scales(selection: list[tuple[str, float]], result: dict) -> dict:
@@ -777,7 +782,8 @@ class ComposeTab:
             images = generate_images(pipe, run, on_step=on_step, stop_event=stop_event, loras=loras,
                                      preview=on_preview)
         except GenerationCancelled:
-            return {"gen_status": f"Stopped after step {steps_done['n']}; nothing was saved.", "seed": settings.seed}
+            return {"gen_status": f"Stopped after step {steps_done['n']}; nothing was saved.", "seed": settings.seed,
+                    "live_preview": gr.update(visible=False)}
         except (ValueError, GenerationFailed) as err:
             raise gr.Error(str(err), duration=None) from None
         finally:
@@ -790,7 +796,10 @@ class ComposeTab:
         saved = save_results(images, directory)
         results = list_results(directory)  # the newest, so what was just made is last
         used = saved[0]["settings"].get("loras")  # what the pipeline recorded, not what was asked for
+        # The preview goes in the same update as the new result, so the gallery is in its final place
+        # when it scrolls its selected thumbnail into view.
         return {"results": results, "gallery": gallery_items(results), "seed": settings.seed,
+                "live_preview": gr.update(visible=False),
                 "gen_status": escape(f"Done: {len(images)} image(s), seed {settings.seed}, "
                                      f"{settings.width}×{settings.height}, {settings.preset}, "
                                      f"{settings.sampler.steps} steps, "
