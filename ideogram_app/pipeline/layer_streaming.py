@@ -263,9 +263,11 @@ class StreamPlan(OffloadPlan):
         with torch.cuda.stream(self._copy_stream):
             for table, name, host in slots:
                 if host.device.type == "cpu" and not host.is_pinned():  # e.g. LoRA factors added after place
-                    pinned = host.pin_memory()
-                    _replace(table, name, host, pinned)
-                    host = table[name]
+                    try:
+                        _replace(table, name, host, host.pin_memory())
+                        host = table[name]
+                    except RuntimeError:  # no more page-locked memory: a slower, synchronous copy
+                        pass
                 rows.append((table, name, host, host.to(self.device, non_blocking=True)))
             ready = torch.cuda.Event()
             ready.record(self._copy_stream)
