@@ -592,7 +592,11 @@ function finish(event) {
       selectOnly(null);
     }
   } else if (d.mode === 'move') {
-    if (d.moved && d.current) {
+    if (d.moved && d.current && d.current.every((b, k) => b.every((v, j) => v === d.from[k][j]))) {
+      d.current = null; // dragged back to where it was: nothing to send
+      if (model.selected !== d.index) selectOnly(d.index);
+      else render();
+    } else if (d.moved && d.current) {
       if (d.members.length === 1 && d.members[0] === d.index) {
         send({ op: 'move', index: d.index, rect: rectOfBox(d.current[0]), size: SIZE });
       } else {

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.ui.conftest import screenshot
+from tests.ui.conftest import ARTIFACTS, screenshot
 
 pytestmark = pytest.mark.browser
 JSON_BOX = "#caption-json textarea"
@@ -29,6 +29,12 @@ def page(browser, app_url, request):
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
         screenshot(page, f"FAILED-{request.node.name}")
     context.close()
+
+
+def shot(page, name: str) -> None:
+    """A screenshot of the canvas component alone (test-artifacts/NAME.png)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(CANVAS).screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 def elements(page) -> list[dict]:
@@ -106,7 +112,7 @@ def test_a_move_snaps_exactly_onto_a_neighbours_edge_and_alt_places_freely(page)
     page.mouse.move(*s.at(750 - 244, 650), steps=4)  # x_min 600 - 244 = 356
     guide = page.locator(f"{CANVAS} .lc-guide-x")
     assert guide.count() == 1 and guide.evaluate("g => g.style.left") == "35.3%"  # the guide, during the drag
-    screenshot(page, "canvas-1-snap-guide")
+    page.screenshot(path=str(ARTIFACTS / "canvas-1-snap-guide.png"))  # the viewport: no scrolling mid-drag
     page.mouse.up()
     moved = wait_json(page, "els[1].bbox[1] !== 600")[1]["bbox"]
     assert moved == [500, 353, 800, 653]  # exactly the neighbour's x_max; width kept
@@ -118,7 +124,7 @@ def test_a_move_snaps_exactly_onto_a_neighbours_edge_and_alt_places_freely(page)
     free = wait_json(page, "els[1].bbox[1] !== 353")[1]["bbox"]
     assert abs(free[1] - 59) <= 1 and free[1] not in (50, 100)  # neither the grid nor an edge pulled it
     assert free[3] - free[1] == 300 and page.locator(f"{CANVAS} .lc-guide").count() == 0
-    screenshot(page, "canvas-2-alt-free")
+    shot(page, "canvas-2-alt-free")
     assert page.js_errors == []
 
 
@@ -154,7 +160,7 @@ def test_shift_drag_draws_a_text_box_inside_an_object_box(page):
     assert els[1]["type"] == "text" and els[1]["bbox"] == [200, 300, 400, 700]  # grid-snapped corners
     drag(page, s.at(500, 600), s.at(550, 650))  # without Shift a drag inside moves the box under it
     assert wait_json(page, "els[0].bbox[0] !== 100")[0]["bbox"] == [150, 150, 950, 950]
-    screenshot(page, "canvas-3-drawn-inside")
+    shot(page, "canvas-3-drawn-inside")
 
 
 def test_each_element_has_its_colour_handles_clear_the_label_and_duplicates_clear_it_too(page):
@@ -175,7 +181,7 @@ def test_each_element_has_its_colour_handles_clear_the_label_and_duplicates_clea
     handles = page.locator(f"{CANVAS} .lc-box[data-index='3'] .lc-handle:visible")
     assert handles.count() >= 4
     assert not any(overlap(label, handles.nth(k).bounding_box()) for k in range(handles.count()))
-    screenshot(page, "canvas-4-colours-small-box")
+    shot(page, "canvas-4-colours-small-box")
 
     page.locator(f"{CANVAS} .lc-box").nth(0).click(position={"x": 60, "y": 60})
     page.wait_for_selector(f"{CANVAS} .lc-box.lc-selected[data-index='0']")
@@ -184,7 +190,7 @@ def test_each_element_has_its_colour_handles_clear_the_label_and_duplicates_clea
     assert els[1]["bbox"][1] == 60 and els[1]["bbox"][0] > 50  # the copy, shifted right and down
     first, copy = rect(page, f"{CANVAS} .lc-box[data-index='0'] .lc-label"), rect(page, f"{CANVAS} .lc-box[data-index='1'] .lc-label")
     assert not overlap(first, copy), (first, copy)
-    screenshot(page, "canvas-5-duplicate")
+    shot(page, "canvas-5-duplicate")
 
 
 def test_layers_reorder_hide_and_lock(page):
@@ -196,7 +202,7 @@ def test_layers_reorder_hide_and_lock(page):
          (last["x"] + 60, last["y"] + last["height"] - 2))  # the first row dropped below the last
     els = wait_json(page, "els[2].desc === 'element 1'")
     assert [e["desc"] for e in els] == ["element 2", "element 3", "element 1"]
-    screenshot(page, "canvas-6-reordered")
+    shot(page, "canvas-6-reordered")
 
     rows.nth(1).locator("[data-layer=hide]").click()  # element 3 (the big one) hidden on the canvas only
     assert page.locator(f"{CANVAS} .lc-box").count() == 2
@@ -216,7 +222,7 @@ def test_layers_reorder_hide_and_lock(page):
     page.wait_for_timeout(300)
     assert elements(page)[0]["bbox"] == before
     assert page.locator(f"{CANVAS} .lc-box.lc-selected .lc-handle").count() == 0
-    screenshot(page, "canvas-7-hidden-locked")
+    shot(page, "canvas-7-hidden-locked")
 
 
 def test_multi_select_align_left_and_distribute(page):
@@ -229,7 +235,7 @@ def test_multi_select_align_left_and_distribute(page):
     page.locator(f"{CANVAS} [data-align=left]").click()
     els = wait_json(page, "els.every(e => e.bbox[1] === 120)")
     assert [e["bbox"] for e in els] == [[100, 120, 200, 300], [300, 120, 400, 360], [600, 120, 700, 340]]
-    screenshot(page, "canvas-8-aligned-left")
+    shot(page, "canvas-8-aligned-left")
 
     page.locator(f"{CANVAS} [data-distribute=v]").click()  # tops 100 and 600 stay; gaps (700-100-300)/2 = 150
     els = wait_json(page, "els[1].bbox[0] === 350")
@@ -244,7 +250,7 @@ def test_multi_select_align_left_and_distribute(page):
     drag(page, s.at(200, 150), s.at(300, 150))  # moving one picked box moves both, as one edit
     els = wait_json(page, "els[0].bbox[1] === 220")
     assert [e["bbox"][1] for e in els] == [220, 220, 120]
-    screenshot(page, "canvas-9-group-moved")
+    shot(page, "canvas-9-group-moved")
     assert page.js_errors == []
 
 
