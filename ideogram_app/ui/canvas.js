@@ -14,7 +14,8 @@
 //
 // Operations sent: select {index|null}; draw {kind, rect, size}; move / resize {index, rect, size};
 // boxes {boxes: [{index, rect}], size} (group move, align, distribute); nudge {index, dx, dy};
-// duplicate {index, dx, dy}; delete, forward, backward {index}; reorder {index, to}; undo; redo.
+// duplicate {index, dx, dy}; delete, forward, backward {index}; delete_many {indices};
+// reorder {index, to}; undo; redo.
 
 const stage = element.querySelector('.lc-stage');
 const boxes = element.querySelector('.lc-boxes');
@@ -124,6 +125,11 @@ function applyLocal(p) {
     model.elements = order.map((i) => els[i]);
     reindex(order);
     model.selected = model.elements.length ? Math.min(p.index, model.elements.length - 1) : null;
+  } else if (p.op === 'delete_many') {
+    const order = [...els.keys()].filter((i) => !p.indices.includes(i));
+    model.elements = order.map((i) => els[i]);
+    reindex(order);
+    model.selected = null;
   } else if (p.op === 'duplicate') {
     const twin = { ...els[p.index], bbox: els[p.index].bbox ? shiftIntoGrid(els[p.index].bbox, p.dy, p.dx) : null };
     const order = [...els.keys()];
@@ -729,7 +735,8 @@ stage.addEventListener('keydown', (event) => {
   } else if (sel !== null && arrows[key]) {
     const step = event.shiftKey ? 10 : 1;
     if (!locked.has(sel)) send({ op: 'nudge', index: sel, dx: arrows[key][0] * step, dy: arrows[key][1] * step });
-  } else if (sel !== null && (key === 'Delete' || key === 'Backspace')) send({ op: 'delete', index: sel });
+  } else if (picked.size > 1 && (key === 'Delete' || key === 'Backspace')) send({ op: 'delete_many', indices: [...picked] });
+  else if (sel !== null && (key === 'Delete' || key === 'Backspace')) send({ op: 'delete', index: sel });
   else if (sel !== null && ctrl && (key === 'd' || key === 'D')) duplicate(sel);
   else if (sel !== null && key === ']') send({ op: 'forward', index: sel });
   else if (sel !== null && key === '[') send({ op: 'backward', index: sel });
@@ -760,6 +767,7 @@ element.addEventListener('click', (event) => {
   else if (op === 'align') align(button.dataset.align);
   else if (op === 'distribute') distribute(button.dataset.distribute);
   else if (op === 'undo' || op === 'redo') send({ op });
+  else if (op === 'delete' && picked.size > 1) send({ op: 'delete_many', indices: [...picked] });
   else if (sel !== null && op === 'duplicate') duplicate(sel);
   else if (sel !== null) send({ op, index: sel });
 });

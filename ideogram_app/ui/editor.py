@@ -114,6 +114,20 @@ def _set_boxes(state: EditorState, payload: dict) -> EditorState:
     return new
 
 
+def _delete_many(state: EditorState, payload: dict) -> EditorState:
+    """Delete a multi-selection: one gesture, so one undo step; nothing stays selected."""
+    indices = payload.get("indices")
+    if not isinstance(indices, list) or not 0 < len(indices) <= len(state.elements):
+        count = len(indices) if isinstance(indices, list) else type(indices).__name__
+        raise CanvasOpError(f"canvas delete_many needs 1..{len(state.elements)} indices, got {count}")
+    doomed = {_index(state, {"index": index}) for index in indices}
+    new = edited(state)
+    new.caption["compositional_deconstruction"]["elements"] = [
+        element for index, element in enumerate(new.elements) if index not in doomed]
+    new.selected = None
+    return new
+
+
 def apply_canvas_op(state: EditorState, payload: dict) -> EditorState:
     """Apply one gesture reported by the canvas (see canvas.js for the payloads)."""
     if not isinstance(payload, dict):
@@ -142,6 +156,8 @@ def apply_canvas_op(state: EditorState, payload: dict) -> EditorState:
         return new
     if op == "boxes":
         return _set_boxes(state, payload)
+    if op == "delete_many":
+        return _delete_many(state, payload)
     index = _index(state, payload)
     new = edited(state)
     element = new.elements[index]

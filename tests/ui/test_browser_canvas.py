@@ -225,7 +225,7 @@ def test_layers_reorder_hide_and_lock(page):
     shot(page, "canvas-7-hidden-locked")
 
 
-def test_multi_select_align_left_and_distribute(page):
+def test_multi_select_align_left_distribute_move_and_delete(page):
     load(page, ("obj", [100, 120, 200, 300]), ("text", [300, 260, 400, 500]), ("obj", [600, 200, 700, 420]))
     boxes = page.locator(f"{CANVAS} .lc-box")
     boxes.nth(0).click(position={"x": 30, "y": 30})
@@ -251,6 +251,10 @@ def test_multi_select_align_left_and_distribute(page):
     els = wait_json(page, "els[0].bbox[1] === 220")
     assert [e["bbox"][1] for e in els] == [220, 220, 120]
     shot(page, "canvas-9-group-moved")
+    page.keyboard.press("Delete")  # both picked boxes, as one edit
+    assert [e["desc"] for e in wait_json(page, "els.length === 1")] == ["element 3"]
+    page.keyboard.press("Control+z")
+    assert len(wait_json(page, "els.length === 3")) == 3
     assert page.js_errors == []
 
 

@@ -94,6 +94,13 @@ def test_boxes_sets_several_boxes_as_one_undo_step_and_keeps_the_selection():
     assert apply_canvas_op(aligned, {"op": "undo"}).elements == state.elements
 
 
+def test_delete_many_removes_a_multi_selection_in_one_step():
+    state = draw(draw(draw(EditorState(), (0, 0, 40, 40)), (40, 40, 80, 80), kind="text"), (80, 80, 120, 120))
+    left = apply_canvas_op(state, {"op": "delete_many", "indices": [2, 0]})
+    assert [e["bbox"] for e in left.elements] == [[100, 100, 200, 200]] and left.selected is None
+    assert apply_canvas_op(left, {"op": "undo"}).elements == state.elements
+
+
 def test_undo_and_redo_walk_the_history():
     state = draw(draw(EditorState(), (0, 0, 40, 40)), (100, 100, 200, 200))
     once = apply_canvas_op(state, {"op": "undo"})
@@ -125,6 +132,8 @@ def test_typing_in_one_field_is_one_undo_step():
     ({"op": "reorder", "index": 0, "to": 1}, "to=1"),
     ({"op": "reorder", "index": 0, "to": True}, "to=True"),
     ({"op": "boxes", "size": [10, 10], "boxes": []}, "1..1 boxes, got 0"),
+    ({"op": "delete_many", "indices": [0, 0]}, "1..1 indices, got 2"),
+    ({"op": "delete_many", "indices": [4]}, "element 4"),
     ({"op": "boxes", "size": [10, 10], "boxes": "all"}, "got str"),
     ({"op": "boxes", "size": [10, 10], "boxes": [[0, [0, 0, 5, 5]]]}, "item 0 must be an object"),
     ({"op": "boxes", "size": [10, 10], "boxes": [{"index": 3, "rect": [0, 0, 5, 5]}]}, "element 3"),
