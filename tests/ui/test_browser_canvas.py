@@ -158,6 +158,10 @@ def test_shift_drag_draws_a_text_box_inside_an_object_box(page):
     els = wait_json(page, "els.length === 2")
     assert els[0]["bbox"] == [100, 100, 900, 900]  # the outer box did not move
     assert els[1]["type"] == "text" and els[1]["bbox"] == [200, 300, 400, 700]  # grid-snapped corners
+    page.mouse.click(*s.at(150, 800))  # the outer box selected ...
+    page.wait_for_selector(f"{CANVAS} .lc-box.lc-selected[data-index='0']")
+    page.mouse.click(*s.at(500, 300))  # ... does not cover the inner one
+    page.wait_for_selector(f"{CANVAS} .lc-box.lc-selected[data-index='1']")
     drag(page, s.at(500, 600), s.at(550, 650))  # without Shift a drag inside moves the box under it
     assert wait_json(page, "els[0].bbox[0] !== 100")[0]["bbox"] == [150, 150, 950, 950]
     shot(page, "canvas-3-drawn-inside")
