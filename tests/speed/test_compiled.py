@@ -17,6 +17,7 @@ from torch._dynamo.utils import counters
 from ideogram_app.loading.dit import load_transformer
 from ideogram_app.lora import apply_lora, remove, set_scale
 from ideogram_app.model.fp8 import FP8_DTYPE, Fp8Linear
+from ideogram_app.model.ideogram4_dit import Ideogram4Config, Ideogram4DiT
 from ideogram_app.model.token_layout import build_token_layout
 from ideogram_app.pipeline.placement import MemoryPlan
 from ideogram_app.speed.compiled import compile_dit, is_compiled, warm_up
@@ -248,3 +249,86 @@ def test_a_second_process_reads_the_compile_cache(files, cache):
     stats = json.loads(child.stdout.strip().splitlines()[-1])
     assert stats["status"][0] == "compiling the DiT blocks (reading the compile cache: a few seconds)"
     assert stats.get("fxgraph_cache_hit", 0) >= 1 and stats.get("fxgraph_cache_miss", 0) == 0, stats
+
+
+def released_size_dit() -> Ideogram4DiT:
+    """The released configuration (34 blocks, 9.3 B parameters) with random bf16 weights made on the GPU,
+    scaled so activations stay O(1) through the depth (linears ~ 1/√fan-in, norm weights ~ 1)."""
+    with torch.device("meta"):
+        dit = Ideogram4DiT(Ideogram4Config()).to(torch.bfloat16)
+    dit = dit.to_empty(device="cuda").eval().requires_grad_(False)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    with torch.no_grad():
+        for name, p in dit.named_parameters():
+            if p.dim() == 2 and "embed" not in name:
+                p.normal_(0.0, p.shape[1] ** -0.5, generator=g)
+            elif "norm" in name:
+                p.normal_(1.0, 0.1, generator=g)
+            else:
+                p.normal_(0.0, 0.1, generator=g)
+    return dit
+
+
+def cuda_ms(fn, warmup=2, repeat=5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_released_shapes_compiled_against_eager(tmp_path):
+    """1024², one conditional forward (300 text tokens, N = 4396) and one unconditional (N = 4096):
+    eager and compiled times (CUDA-event medians), compile time, the attention kernel used, and how far
+    each bf16 run is from the same weights in fp32."""
+    dit = released_size_dit()
+    calls = {}
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for label, n_text in (("cond T=300", 300), ("uncond", 0)):
+        pos, seg, ind = (a.cuda() for a in build_token_layout(n_text, 64, 64))
+        x = torch.randn(1, pos.shape[1], 128, device="cuda", generator=g)
+        text = torch.randn(1, n_text, 4608, device="cuda", generator=g).bfloat16() if n_text else None
+        calls[label] = ((x, torch.full((1,), 0.25, device="cuda"), None, pos, seg, ind), dict(text_hidden=text), ind == 2)
+
+    def run(model, label):
+        args, kwargs, _ = calls[label]
+        with torch.inference_mode():
+            return model(*args, **kwargs)
+
+    eager_ms = {label: cuda_ms(lambda: run(dit, label)) for label in calls}
+    eager_out = {label: run(dit, label) for label in calls}
+    compile_s = warm_up([compile_dit(dit, cache_dir=tmp_path / "cache")], device="cuda", status=print)
+    compiled_ms = {label: cuda_ms(lambda: run(dit, label)) for label in calls}
+    compiled_out = {label: run(dit, label) for label in calls}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run(dit, "cond T=300")
+        torch.cuda.synchronize()
+    attention = sorted({e.name for e in prof.events() if any(k in e.name.lower() for k in ("attn", "fmha", "cudnn", "flash", "sdpa"))})
+
+    with torch.device("meta"):
+        reference = Ideogram4DiT(Ideogram4Config())
+    reference.load_state_dict({k: v.float() for k, v in dit.state_dict().items()}, assign=True)  # the same weights in fp32
+    reference.eval()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}; compile (warm-up, empty cache) {compile_s:.1f} s")
+    print(f"attention kernels of the compiled forward: {attention}")
+    for label in calls:
+        image = calls[label][2]
+        want = run(reference, label)[image]
+        scale = want.abs().max()
+        eager_err = ((eager_out[label][image] - want).abs().max() / scale).item()
+        compiled_err = ((compiled_out[label][image] - want).abs().max() / scale).item()
+        apart = ((compiled_out[label][image] - eager_out[label][image]).abs().max() / scale).item()
+        print(f"{label:11s} eager {eager_ms[label]:7.1f} ms  compiled {compiled_ms[label]:7.1f} ms "
+              f"({eager_ms[label] / compiled_ms[label]:.2f}x)  max error vs fp32: eager {eager_err:.4f}, "
+              f"compiled {compiled_err:.4f}; compiled vs eager {apart:.4f}")
+        assert compiled_err <= 1.5 * eager_err + 1e-3
+        assert compiled_ms[label] < eager_ms[label]
