@@ -69,6 +69,7 @@ function view() {
     aspect: typeof v.aspect === 'number' && v.aspect > 0 ? v.aspect : 1,
     background: typeof v.background === 'string' ? v.background : null,
     opacity: typeof v.opacity === 'number' ? v.opacity : 0.5,
+    stageHeight: typeof props.stage_height === 'string' ? props.stage_height : '68vh', // checked in canvas.py
   };
 }
 
@@ -244,7 +245,7 @@ function node(tag, className, text) {
 function render() {
   const v = view();
   stage.style.aspectRatio = String(v.aspect);
-  stage.style.width = 'min(100%, calc(68vh * ' + v.aspect + '))';
+  stage.style.width = 'min(100%, calc(' + v.stageHeight + ' * ' + v.aspect + '))';
   if (v.background) {
     const url = fileUrl(v.background);
     if (bg.getAttribute('src') !== url) bg.setAttribute('src', url);

@@ -11,6 +11,7 @@ multi-selection are view state of the page: they never reach the caption.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +92,28 @@ VALUE_SCHEMA: dict[str, Any] = {
 }
 
 
-class LayoutCanvas(gr.HTML):
-    """Box editor whose value is `{"elements", "selected", "aspect", "background", "opacity"}`."""
+# The stage's height as a CSS length: a number with one of these units.
+_STAGE_HEIGHT = re.compile(r"\d{1,4}(\.\d{1,3})?(vh|svh|dvh|px|rem|em)")
 
-    def __init__(self, value: dict | None = None, **kwargs: Any):
+
+class LayoutCanvas(gr.HTML):
+    """Box editor whose value is `{"elements", "selected", "aspect", "background", "opacity"}`.
+
+    `stage_height` (a CSS length such as "68vh" or "480px") is the stage's height for a landscape or
+    square aspect; the stage is never wider than its column. A page that shows the canvas next to other
+    things (settings, the result) picks it so that everything fits on one screen."""
+
+    def __init__(self, value: dict | None = None, *, stage_height: str = "68vh", **kwargs: Any):
+        if not isinstance(stage_height, str) or not _STAGE_HEIGHT.fullmatch(stage_height):
+            raise ValueError(f"LayoutCanvas stage_height must be a CSS length such as '68vh' or '480px', "
+                             f"got {stage_height!r}")
         super().__init__(
             value=value or {"elements": [], "selected": None, "aspect": 1.0, "background": None, "opacity": 0.5},
             html_template=TEMPLATE,
             css_template=(_HERE / "canvas.css").read_text(encoding="utf-8"),
             js_on_load=(_HERE / "canvas.js").read_text(encoding="utf-8"),
             apply_default_css=False,
+            stage_height=stage_height,
             **kwargs,
         )
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.ui.conftest import ARTIFACTS, screenshot
+from tests.ui.conftest import ARTIFACTS, free_port, screenshot
 
 pytestmark = pytest.mark.browser
 JSON_BOX = "#caption-json textarea"
@@ -280,3 +280,27 @@ def test_a_gesture_is_applied_at_once_and_sent_once(page):
     joins = [r for r in requests if "/queue/join" in r]
     assert len(joins) == 1, requests
     assert page.locator(f"{CANVAS} .lc-box").first.evaluate("b => [b.style.left, b.style.top]") == ["30%", "20%"]
+
+
+def test_stage_height_is_the_pages_choice(browser):
+    """A page that lays the canvas out beside other things sets the stage's height (checked: a CSS length)."""
+    import gradio as gr
+
+    from ideogram_app.ui.canvas import LayoutCanvas
+
+    with pytest.raises(ValueError, match="stage_height must be a CSS length"):
+        LayoutCanvas(stage_height="1px); background: url(x)")
+    with gr.Blocks() as demo:
+        LayoutCanvas(elem_id="short-canvas", stage_height="300px")
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(demo.local_url)
+        stage = page.locator("#short-canvas .lc-stage")
+        stage.wait_for()
+        page.wait_for_function("() => document.querySelector('#short-canvas .lc-stage').style.width !== ''")
+        assert stage.bounding_box()["height"] == pytest.approx(300, abs=1)
+    finally:
+        context.close()
+        demo.close()
