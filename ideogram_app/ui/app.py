@@ -60,6 +60,8 @@ STUDIO_CSS = """
 #studio-inspector { gap: 6px; }
 #studio-toolbar { gap: 4px; align-items: center; flex-wrap: wrap; }
 #studio-toolbar button { font-weight: 500; }
+#template-label { flex: 0 0 auto !important; min-width: 0 !important; width: auto !important; font-size: 13px; }
+#template-label p { margin: 0; }
 #layout-canvas .lc-toolbar button[data-tool="undo"], #layout-canvas .lc-toolbar button[data-tool="redo"] { display: none; }
 #plain-text-note { border: 1px dashed var(--border-color-primary); border-radius: 8px; padding: 12px 14px;
   background: var(--background-fill-secondary); }

@@ -183,6 +183,7 @@ class ComposeTab:
         """The canvas and the one toolbar of caption actions above it (templates, add, undo/redo).
         In plain-text mode the canvas is hidden and a note says why (see `editor_view`)."""
         with gr.Row(elem_id="studio-toolbar", equal_height=True):
+            gr.Markdown("Template", elem_id="template-label", container=False)
             ui.add("template", gr.Dropdown(list_templates(), label="Template", value=None, show_label=False,
                                            container=False, scale=3, min_width=140, elem_id="template-pick"))
             ui.add("load_template", gr.Button("Reload", size="sm", scale=0, min_width=60))
