@@ -22,6 +22,7 @@ const boxes = element.querySelector('.lc-boxes');
 const ghost = element.querySelector('.lc-ghost');
 const marquee = element.querySelector('.lc-marquee');
 const guides = element.querySelector('.lc-guides');
+const readout = element.querySelector('.lc-readout');
 const bg = element.querySelector('.lc-bg');
 const unplaced = element.querySelector('.lc-unplaced');
 const layerList = element.querySelector('.lc-layer-list');
@@ -393,6 +394,19 @@ function showGuides(list) {
   }
 }
 
+// The box being drawn, moved or resized, as the caption will store it.
+function showReadout(b) {
+  if (!b) {
+    readout.style.display = 'none';
+    return;
+  }
+  readout.textContent = '[' + b.join(', ') + ']';
+  readout.style.display = 'block';
+  readout.style.left = Math.min(b[1], 800) / 10 + '%';
+  readout.style.top = b[2] <= 940 ? b[2] / 10 + '%' : '';
+  readout.style.bottom = b[2] > 940 ? (UNITS - b[0]) / 10 + '%' : '';
+}
+
 function round(v) {
   return Math.floor(v + 0.5); // half up, as the caption core rounds
 }
@@ -511,6 +525,7 @@ stage.addEventListener('pointermove', (event) => {
   if (d.mode === 'draw') {
     d.current = rubber(d, snapPoint(p, event.altKey));
     place(ghost, d.current);
+    showReadout(d.current);
   } else if (d.mode === 'marquee') {
     d.current = rubber(d, p);
     if (bigEnough(d.current)) {
@@ -523,9 +538,11 @@ stage.addEventListener('pointermove', (event) => {
     if (!d.moved || !d.members.length) return;
     d.current = moveGroup(d, p, event.altKey);
     d.current.forEach((b, k) => d.nodes[k] && place(d.nodes[k], b));
+    showReadout(d.current[d.members.indexOf(d.index)] || d.current[0]);
   } else if (d.mode === 'resize') {
     d.current = resizeBox(d, p, event.altKey);
     place(d.node, d.current);
+    showReadout(d.current);
   }
 });
 
@@ -571,6 +588,7 @@ function finish(event) {
   const d = drag;
   drag = null;
   showGuides([]);
+  showReadout(null);
   ghost.style.display = 'none';
   marquee.style.display = 'none';
   if (d.mode === 'draw') {
@@ -634,6 +652,7 @@ stage.addEventListener('pointerup', finish);
 stage.addEventListener('pointercancel', () => {
   drag = null;
   showGuides([]);
+  showReadout(null);
   ghost.style.display = 'none';
   marquee.style.display = 'none';
   settle();
@@ -846,3 +865,7 @@ layerList.addEventListener('click', (event) => {
 adopt();
 render();
 watch('value', release);
+// Handles and labels depend on the boxes' size on screen.
+new ResizeObserver(() => {
+  if (!drag && !layerDrag) render();
+}).observe(stage);

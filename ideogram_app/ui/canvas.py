@@ -56,6 +56,7 @@ TEMPLATE = """
         <div class="lc-ghost"></div>
         <div class="lc-marquee"></div>
         <div class="lc-guides"></div>
+        <div class="lc-readout" aria-live="off"></div>
       </div>
     </div>
     <div class="lc-layers">

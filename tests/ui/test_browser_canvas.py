@@ -112,6 +112,7 @@ def test_a_move_snaps_exactly_onto_a_neighbours_edge_and_alt_places_freely(page)
     page.mouse.move(*s.at(750 - 244, 650), steps=4)  # x_min 600 - 244 = 356
     guide = page.locator(f"{CANVAS} .lc-guide-x")
     assert guide.count() == 1 and guide.evaluate("g => g.style.left") == "35.3%"  # the guide, during the drag
+    assert page.locator(f"{CANVAS} .lc-readout").inner_text() == "[500, 353, 800, 653]"  # and the bbox to be
     page.screenshot(path=str(ARTIFACTS / "canvas-1-snap-guide.png"))  # the viewport: no scrolling mid-drag
     page.mouse.up()
     moved = wait_json(page, "els[1].bbox[1] !== 600")[1]["bbox"]
