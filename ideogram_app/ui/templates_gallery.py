@@ -94,6 +94,7 @@ class TemplateGallery:
         self.custom_size = CUSTOM_SIZE
         view = (*EDITOR_VIEW, *SIZE_VIEW, *OWN_OUTPUTS)
         self.on_pick = emits(*view)(self.on_pick)
+        self.on_choose = emits(*view)(self.on_choose)
         self.on_replace = emits(*view)(self.on_replace)
 
     def build(self, ui: Components) -> None:
@@ -124,7 +125,13 @@ class TemplateGallery:
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) and evt.index else evt.index
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(names):
             return {}
-        name = names[index]
+        return self.on_choose(state, names[index])
+
+    def on_choose(self, state: EditorState, name: str) -> dict:
+        """Template `name` chosen (a gallery click, or a list of names wired to it): load it, or ask
+        first when the canvas holds unsaved work."""
+        if name not in list_templates():
+            return {}
         if has_unsaved_work(state):
             fmt = template_format(name)
             return {"template_pending": name, "template_confirm":

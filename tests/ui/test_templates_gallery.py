@@ -80,3 +80,10 @@ def test_out_of_range_picks_change_nothing():
     assert gallery.on_pick(EditorState(), pick(len(list_templates()))) == {}
     assert gallery.on_pick(EditorState(), pick(-1)) == {}
     assert gallery.on_replace(EditorState(), "../etc/passwd") == {"template_pending": None, "template_confirm": None}
+
+
+def test_choosing_by_name_follows_the_same_rules():
+    gallery = TemplateGallery(ComposeTab(ModelSlot()))
+    assert gallery.on_choose(EditorState(), "portrait_photo")["height"] == 1184
+    assert gallery.on_choose(EditorState(), "nope") == {}
+    assert gallery.on_choose(EditorState(plain_text="mine"), "logo")["template_pending"] == "logo"
