@@ -23,7 +23,7 @@ is PCIe traffic (every step reads both DiTs from host RAM), hidden behind comput
 - Weights keep their stored dtype on the way: fp8-kept `Fp8Linear` weights cross PCIe as 1 byte a
   parameter and are widened on the device, half the traffic of bf16. LoRA factors sit inside the
   block (in `LoraLinear`) and travel with it.
-- Resident parts: a budget (`resident_bytes`, default 3 GB on CUDA) keeps device copies of the first
+- Resident parts: a budget (`resident_bytes`, default 0) keeps device copies of the first
   parts of the modules between runs — per module, in placement order, its rest and then its first
   blocks, as long as each fits what is left. The pipeline places the conditional DiT first, which
   runs at every step, so that is where the budget goes. The module itself keeps its host tensors (a
@@ -53,7 +53,11 @@ from torch import nn
 
 from ideogram_app.pipeline.placement import PLANS, OffloadPlan, _replace, _tensor_slots
 
-DEFAULT_RESIDENT_BYTES = 3 * 10**9  # keeps the real model under 8 GB at 1024² (and 2048², by the estimate)
+# Nothing resident by default: resident blocks stay on the device through the text-encoder and VAE
+# phases too, and 3 GB of them took a whole 1024² generation to 9.4 GB in the driver's view on an H200
+# (882 text tokens), while the copies of a step overlap its compute anyway (docs/speed.md, "Low-VRAM
+# streaming"). A GPU with room to spare can pass `resident_bytes` to stream less.
+DEFAULT_RESIDENT_BYTES = 0
 DEFAULT_PREFETCH = 2  # blocks copied ahead of the running one; 1 already overlaps, 2 absorbs jitter
 
 Slot = tuple[dict, str, torch.Tensor]  # (owning table, name, stored host tensor)
@@ -111,7 +115,7 @@ class StreamPlan(OffloadPlan):
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be a whole number of blocks >= 1, got {prefetch!r}")
         if resident_bytes is None:
-            resident_bytes = DEFAULT_RESIDENT_BYTES if self.device.type == "cuda" else 0
+            resident_bytes = DEFAULT_RESIDENT_BYTES
         if isinstance(resident_bytes, bool) or not isinstance(resident_bytes, int) or resident_bytes < 0:
             raise ValueError(f"resident_bytes must be a whole number of bytes >= 0, got {resident_bytes!r}")
         self.prefetch = prefetch

@@ -234,7 +234,7 @@ def test_a_lora_in_stream_mode_makes_the_cpu_mode_image(tiny_repos, tmp_path, la
 def test_stream_plan_knobs_are_checked():
     plan = MemoryPlan.create("stream", "cuda")
     assert (plan.device, plan.storage_device, plan.resident_bytes, plan.prefetch) == (
-        torch.device("cuda"), CPU, 3 * 10**9, 2)
+        torch.device("cuda"), CPU, 0, 2)
     assert repr(StreamPlan(CPU, resident_bytes=5, prefetch=1)) == (
         "StreamPlan(mode='stream', device=cpu, storage=cpu, resident_bytes=5, prefetch=1)")
     with pytest.raises(ValueError, match="prefetch must be a whole number of blocks >= 1, got 0"):
