@@ -1,5 +1,5 @@
-"""Region edit in the app: pick one box of the selected result's caption, change its text or
-description, and regenerate only that box (docs/app.md, "Region edit"; the maths in pipeline/region.py).
+"""Region edit in the app: pick one box of the selected result's caption (from a list, or by clicking
+it on the placement overlay), change its text or description, and regenerate only that box (docs/app.md, "Region edit"; the maths in pipeline/region.py).
 
 The new image is a region-edit request built from the result itself: its PNG is the input image, its
 metadata's prompt (with the one element changed) is the caption, so the rest of the layout stays the
@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from ideogram_app.caption.bbox import pixels_to_bbox
 from ideogram_app.caption.rules import BBOX_GRID
 from ideogram_app.limits import Limits
 from ideogram_app.pipeline.settings import SettingsError
@@ -57,6 +58,19 @@ def caption_elements(prompt: Any) -> tuple[dict | None, list[tuple[str, int]]]:
     return caption, choices
 
 
+def element_at(caption: dict, choices: list[tuple[str, int]], x: float, y: float, width: int, height: int) -> int | None:
+    """The boxed element under pixel (x, y) of a width x height result (the smallest box when several
+    overlap: the one drawn on top of a larger one is what a click means), or None."""
+    grid_y, grid_x = pixels_to_bbox((x, y, x, y), width, height)[:2]
+    elements = caption["compositional_deconstruction"]["elements"]
+    hits = []
+    for _, index in choices:
+        y_min, x_min, y_max, x_max = elements[index]["bbox"]
+        if y_min <= grid_y <= y_max and x_min <= grid_x <= x_max:
+            hits.append(((y_max - y_min) * (x_max - x_min), index))
+    return min(hits)[1] if hits else None
+
+
 def edited_caption(caption: dict, index: Any, text: str | None, desc: str | None) -> tuple[dict, list[int]]:
     """A copy of `caption` with element `index`'s text (text elements only) and description replaced;
     -> (the caption, that element's bbox). ValueError for an index that names no boxed element."""
@@ -85,8 +99,9 @@ class RegionEditPanel:
 
     def build(self, ui: Components) -> None:
         with gr.Accordion("Region edit (selected result)", open=True, elem_id="region-panel"):
-            ui.add("region_note", gr.Markdown("Select a result, pick one of its boxes, change its text or "
-                                              "description and regenerate only that box.", elem_id="region-note"))
+            ui.add("region_note", gr.Markdown("Select a result, pick one of its boxes (here or by clicking it "
+                                              "on the overlay), change its text or description and "
+                                              "regenerate only that box.", elem_id="region-note"))
             ui.add("region_element", gr.Dropdown([], label="Element (box)", elem_id="region-element"))
             ui.add("region_text", gr.Textbox(label="Text in the box", lines=1, elem_id="region-text"))
             ui.add("region_desc", gr.Textbox(label="Description", lines=2, elem_id="region-desc"))
@@ -100,6 +115,7 @@ class RegionEditPanel:
             ui.add("region_status", gr.Markdown(elem_id="region-status"))
         ui.on([ui["selected_result"].change, ui["results"].change], self.on_result_changed,
               ["results", "selected_result", "region_element"], trigger_mode="always_last", **GLUE)
+        ui.on(ui["overlay"].select, self.on_overlay_click, ["results", "selected_result"], **GLUE)
         ui.on(ui["region_element"].input, self.on_element_picked, ["results", "selected_result", "region_element"],
               **GLUE)
         ui.on(ui["region_run"].click, self.on_regenerate,
@@ -123,6 +139,23 @@ class RegionEditPanel:
         return {"region_element": gr.update(choices=choices, value=index),
                 "region_text": element.get("text", ""), "region_desc": element.get("desc", ""),
                 "region_note": escape(f"Result #{selected + 1}: {len(choices)} box(es).")}
+
+    @emits("region_element", "region_text", "region_desc")
+    def on_overlay_click(self, results: list[dict] | None, selected: int | None, evt: gr.SelectData) -> dict:
+        """A click on the placement overlay picks the box under it."""
+        record = selected_record(results, selected)
+        caption, choices = caption_elements(record["prompt"])
+        width, height = record["settings"].get("width"), record["settings"].get("height")
+        point = evt.index if isinstance(evt.index, (list, tuple)) and len(evt.index) == 2 else None
+        if caption is None or point is None or not all(isinstance(v, int) and v > 0 for v in (width, height)) \
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point):
+            return {}
+        index = element_at(caption, choices, point[0], point[1], width, height)
+        if index is None:
+            warn("No box there: click inside one of the boxes drawn on the overlay.")
+            return {}
+        element = caption["compositional_deconstruction"]["elements"][index]
+        return {"region_element": index, "region_text": element.get("text", ""), "region_desc": element.get("desc", "")}
 
     @emits("region_text", "region_desc")
     def on_element_picked(self, results: list[dict] | None, selected: int | None, index: Any) -> dict:
@@ -166,4 +199,4 @@ class RegionEditPanel:
                 **self.result_view(listed, len(listed) - 1)}
 
 
-__all__ = ["REGION_STRENGTH", "RegionEditPanel", "caption_elements", "edited_caption"]
+__all__ = ["REGION_STRENGTH", "RegionEditPanel", "caption_elements", "edited_caption", "element_at"]

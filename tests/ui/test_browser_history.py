@@ -1,6 +1,6 @@
 """History and region edit in Debian's chromium at 1440x900 against a really launched app on the tiny model:
 a result is still in the history after the server restarts on the same output folder; Reuse seed fills the
-seed; a region edit of one box changes the pixels inside it and none outside it (measured on the PNGs);
+seed; a click on the overlay picks a box; a region edit of one box changes the pixels inside it and none outside it (measured on the PNGs);
 the compare slider shows the pair; delete asks, then removes exactly that file. Screenshots go to
 test-artifacts/."""
 import json
@@ -61,7 +61,16 @@ def test_history_survives_a_restart_and_region_edit_changes_only_the_box(browser
         seed = read_image_metadata(first)["settings"]["seed"]
         page.wait_for_function(f"() => document.querySelector('#seed input').value === '{seed}'")
 
-        page.locator("#region-element input").click()
+        overlay = page.locator("#overlay img")  # a click on a box of the overlay picks it ...
+        overlay.wait_for(state="visible")
+        overlay.scroll_into_view_if_needed()  # the results column scrolls on its own
+        bounds = overlay.bounding_box()
+        scale = min(bounds["width"], bounds["height"]) / SIDE  # shown scaled down and centred (object-fit)
+        x, y = 0.5 * SIDE, 0.76 * SIDE  # inside box 3, [740, 370, 780, 630]
+        overlay.click(position={"x": (bounds["width"] - SIDE * scale) / 2 + x * scale,
+                                "y": (bounds["height"] - SIDE * scale) / 2 + y * scale})
+        page.wait_for_function("() => document.querySelector('#region-element input').value.includes('OUTDOOR GEAR')")
+        page.locator("#region-element input").click()  # ... and so does the list
         page.get_by_role("option", name="2 · text · NORTHWIND").click()
         page.wait_for_function("() => document.querySelector('#region-text input, #region-text textarea').value "
                                "=== 'NORTHWIND'")
@@ -106,6 +115,10 @@ def test_history_survives_a_restart_and_region_edit_changes_only_the_box(browser
         page.wait_for_function("() => document.querySelector('#history-status').innerText.includes('Deleted')")
         assert results_on_disk(outputs) == [first]
         screenshot(page, "history-3-deleted")
+    except Exception:
+        screenshot(page, "FAILED-history")
+        print(server.log.read_text()[-4000:])
+        raise
     finally:
         context.close()
         stop_app(server.proc)

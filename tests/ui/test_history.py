@@ -19,7 +19,7 @@ from ideogram_app.pipeline.region import FEATHER_TOKENS
 from ideogram_app.ui.generation import StopSignals
 from ideogram_app.ui.history import (HistoryPanel, NotYourResult, delete_result, owned_result, settings_from_record,
                                      zip_results)
-from ideogram_app.ui.region_edit import RegionEditPanel, caption_elements, edited_caption
+from ideogram_app.ui.region_edit import RegionEditPanel, caption_elements, edited_caption, element_at
 from ideogram_app.ui.results import list_results, output_dir, owner_folder, results_dir, save_results
 from ideogram_app.ui.tabs.compose import ComposeTab
 from ideogram_app.ui.wiring import Components
@@ -213,6 +213,9 @@ def test_region_edit_panel_changes_only_the_chosen_box(loaded_slot, made):
                                                                           "2 · text · HELLO"]
     assert (shown["region_text"], shown["region_desc"]) == ("", "a red circle")
     assert panel.on_element_picked(results, 0, 1) == {"region_text": "HELLO", "region_desc": "bold serif"}
+    assert panel.on_overlay_click(results, 0, gr.SelectData(None, {"index": [100, 160], "value": None})) == \
+        {"region_element": 1, "region_text": "HELLO", "region_desc": "bold serif"}
+    assert panel.on_overlay_click(results, 0, gr.SelectData(None, {"index": "junk", "value": None})) == {}
     out = panel.on_regenerate(browser_id, results, 0, 1, "BYE", "thin red script", 0.9, 5, progress=no_progress)
     new = out["results"][-1]
     assert json.loads(new["prompt"])["compositional_deconstruction"]["elements"][1]["text"] == "BYE"
@@ -252,6 +255,14 @@ def test_caption_helpers():
     assert box == [50, 50, 300, 300] and new["compositional_deconstruction"]["elements"][0] == \
         {"type": "obj", "bbox": [50, 50, 300, 300], "desc": "a blue square"}
     assert caption["compositional_deconstruction"]["elements"][0]["desc"] == "a red circle"  # a copy
+    # Pixels at 256x256: element 1 is y 13..77, x 13..77; element 2 y 128..192, x 64..192.
+    assert element_at(caption, choices, 40, 40, 256, 256) == 0
+    assert element_at(caption, choices, 100, 160, 256, 256) == 1
+    assert element_at(caption, choices, 240, 10, 256, 256) is None
+    overlapping = json.loads(json.dumps(caption))
+    overlapping["compositional_deconstruction"]["elements"][0]["bbox"] = [0, 0, 1000, 1000]  # behind element 2
+    assert element_at(overlapping, choices, 100, 160, 256, 256) == 1  # the smaller box wins
+    assert element_at(overlapping, choices, 10, 10, 256, 256) == 0
     assert caption_elements("a plain prompt") == (None, [])
     assert caption_elements(json.dumps({"high_level_description": "x"})) == (None, [])
 
