@@ -35,6 +35,8 @@ from types import MethodType
 from typing import Callable, Iterable
 
 import torch
+import torch._functorch.config
+import torch._inductor.config
 from torch import nn
 
 from ideogram_app.model.token_layout import build_token_layout
@@ -129,7 +131,8 @@ def warm_up(
 
     Runs under `torch.inference_mode()`, as the pipeline does (the grad mode is part of what a compiled
     graph is valid for). The DiTs must be on `device` for the call: wrap it in the memory plan's
-    `running` for offloaded ones. Sizes at which a sequence length equals a model width (256, 512,
+    `running` for offloaded ones; a graph is compiled per device, so CFG-parallel warms each DiT on its
+    own GPU (one call each). Sizes at which a sequence length equals a model width (256, 512,
     4608 on the released model) would compile a graph for that length only; the defaults avoid them.
     `status` gets one line before (how long the first start takes, or that the cache is read) and one
     after (the time taken).
