@@ -158,11 +158,17 @@ function applyLocal(p) {
 // ---- talking to the server --------------------------------------------------------------------
 // One operation in flight at a time: each is applied to the session's state as the server holds
 // it, so later ones wait (consecutive nudges, and group moves of the same boxes, are merged) until
-// the new value comes back. An edit that changes nothing sends no value: a timer releases it.
+// the new value comes back. An edit that changes nothing sends no value, so a timer lets the next
+// one go anyway; the page keeps its own copy on screen until a value comes (a slow server must not
+// make a box jump back), and takes the server's caption again after RESYNC_AFTER_MS without one
+// (an edit the server refused).
 const RELEASE_AFTER_MS = 1500;
+const RESYNC_AFTER_MS = 10000;
 let inFlight = false;
+let unanswered = false; // an edit was sent and no value has come since
 let waiting = [];
 let releaseTimer = null;
+let resyncTimer = null;
 
 function sameIndices(a, b) {
   return a.length === b.length && a.every((item, k) => item.index === b[k].index);
@@ -188,8 +194,11 @@ function send(payload) {
 
 function dispatch(payload) {
   inFlight = true;
+  unanswered = true;
   clearTimeout(releaseTimer);
   releaseTimer = setTimeout(release, RELEASE_AFTER_MS);
+  clearTimeout(resyncTimer);
+  resyncTimer = setTimeout(resync, RESYNC_AFTER_MS);
   trigger('edit', payload);
 }
 
@@ -198,10 +207,25 @@ function release() {
   clearTimeout(releaseTimer);
   const next = waiting.shift();
   if (next) dispatch(next);
-  else if (!drag && !layerDrag) {
-    adopt();
-    render();
-  }
+}
+
+// Show the server's value, unless an edit is still on its way or a gesture is under way.
+function adoptIfIdle() {
+  if (inFlight || unanswered || waiting.length || drag || layerDrag) return;
+  adopt();
+  render();
+}
+
+function resync() {
+  unanswered = false;
+  adoptIfIdle();
+}
+
+// A new value: the answer to the edit in flight, or an edit made elsewhere (JSON, inspector, undo).
+function received() {
+  unanswered = false;
+  release();
+  adoptIfIdle();
 }
 
 // ---- drawing ----------------------------------------------------------------------------------
@@ -599,7 +623,7 @@ function finish(event) {
     } else if (!d.shift && model.selected !== null) {
       selectOnly(null);
     } else {
-      settle();
+      render();
     }
   } else if (d.mode === 'marquee') {
     if (d.current && bigEnough(d.current)) {
@@ -640,11 +664,12 @@ function finish(event) {
       render();
     }
   }
+  adoptIfIdle(); // a gesture without an edit: a value that arrived during it is shown now
 }
 
-// A value that arrived during a gesture is shown once the gesture ends without an edit.
+// A gesture that ended without an edit: show a value that arrived meanwhile.
 function settle() {
-  if (!inFlight && !waiting.length) adopt();
+  adoptIfIdle();
   render();
 }
 
@@ -836,7 +861,8 @@ layerList.addEventListener('pointerup', (event) => {
   const at = layerTarget(event.clientY);
   const to = at > d.from ? at - 1 : at;
   if (to !== d.from) send({ op: 'reorder', index: d.from, to });
-  else settle();
+  else render();
+  adoptIfIdle();
 });
 
 layerList.addEventListener('pointercancel', () => {
@@ -864,7 +890,7 @@ layerList.addEventListener('click', (event) => {
 
 adopt();
 render();
-watch('value', release);
+watch('value', received);
 // Handles and labels depend on the boxes' size on screen.
 new ResizeObserver(() => {
   if (!drag && !layerDrag) render();

@@ -182,10 +182,14 @@ def test_each_element_has_its_colour_handles_clear_the_label_and_duplicates_clea
     small = page.locator(f"{CANVAS} .lc-box").nth(3)  # 60×40 units: a few dozen pixels
     small.click(position={"x": 5, "y": 5})
     page.wait_for_selector(f"{CANVAS} .lc-box.lc-selected[data-index='3'] .lc-handle")
-    label = rect(page, f"{CANVAS} .lc-box[data-index='3'] .lc-label")
-    handles = page.locator(f"{CANVAS} .lc-box[data-index='3'] .lc-handle:visible")
-    assert handles.count() >= 4
-    assert not any(overlap(label, handles.nth(k).bounding_box()) for k in range(handles.count()))
+    label, handles = page.evaluate(f"""() => {{  // read at one moment: a re-render replaces the nodes
+        const box = document.querySelector("{CANVAS} .lc-box[data-index='3']");
+        const r = (n) => {{ const b = n.getBoundingClientRect(); return {{x: b.x, y: b.y, width: b.width, height: b.height}}; }};
+        return [r(box.querySelector('.lc-label')),
+                [...box.querySelectorAll('.lc-handle')].filter(h => h.offsetParent !== null).map(r)];
+    }}""")
+    assert len(handles) >= 4
+    assert not any(overlap(label, handle) for handle in handles), (label, handles)
     shot(page, "canvas-4-colours-small-box")
 
     page.locator(f"{CANVAS} .lc-box").nth(0).click(position={"x": 60, "y": 60})
