@@ -70,8 +70,8 @@ STUDIO_CSS = """
 #stop-btn { min-height: 44px; }
 #results-stack { position: relative; }
 #live-preview { position: absolute !important; top: 0; left: 0; right: 0; z-index: 20; }
-#gen-status { min-height: 1.4em; font-size: 13px; }
-#gen-status p { margin: 0; }
+#gen-status, #live-status { min-height: 1.4em; font-size: 13px; }
+#gen-status p, #live-status p { margin: 0; }
 #size-note { font-size: 12px; color: var(--body-text-color-subdued); margin-top: -6px; }
 #size-note p { margin: 0; }
 #token-count p { margin: 0; font-size: 13px; }

@@ -103,21 +103,20 @@ def test_ctrl_enter_runs_with_live_previews_and_generate_disabled(studio):
     studio.locator("#live-preview img").wait_for(state="visible", timeout=120_000)
     assert studio.locator("#gallery img").count() == 0  # the preview came before the image
     assert not generate_button_enabled(studio)
-    status = studio.locator("#gen-status").inner_text()
+    status = studio.locator("#live-status").inner_text()
     assert "Step " in status or "Decoding" in status, status
     screenshot(studio, "studio-1-live-preview")
     studio.locator("#gallery img").first.wait_for(state="visible", timeout=120_000)
     studio.wait_for_function("() => !document.querySelector('#generate-btn').disabled", timeout=60_000)
     assert "Done: 1 image(s)" in studio.locator("#gen-status").inner_text()
     assert studio.locator("#stop-btn").is_disabled()
-    assert not studio.locator("#live-preview").is_visible()
+    assert not studio.locator("#live-preview").is_visible() and not studio.locator("#live-status").is_visible()
     screenshot(studio, "studio-2-done")
 
 
 def test_an_empty_start_shows_no_error(studio):
     page_text = studio.locator("#studio").inner_text()
     assert "error" not in page_text.lower()
-    studio.locator("#check-panel").get_by_text("Caption check").click()
     assert studio.locator("#caption-issues").inner_text().strip() == BLANK_NOTE
     assert studio.locator('[data-testid="toast-body"]').count() == 0
 

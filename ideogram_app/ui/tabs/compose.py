@@ -93,7 +93,7 @@ SIZE_VIEW = ("state", "saved", "canvas", "width", "height", "size_note", "aspect
 RESULT_VIEW = ("selected_result", "result_settings", "overlay")
 GENERATE_VIEW = ("results", "gallery", "seed", "gen_status", "live_preview", *RESULT_VIEW)
 # A run's page furniture: the buttons' state while it runs, the live preview and the timer that fetches it.
-RUN_VIEW = ("generate", "stop", "gen_status", "live_timer", "live_seen", "live_preview")
+RUN_VIEW = ("generate", "stop", "gen_status", "live_status", "live_timer", "live_seen", "live_preview")
 # The LoRA picker: the dropdown (PICKER), which LoRAs the scale sliders stand for ("lora_shown", a
 # State), and the sliders themselves ("lora_scales": a view over LORA_SCALES; its value is the
 # selection [(file name, scale), ...], slider i showing the i-th selected LoRA).
@@ -252,7 +252,7 @@ class ComposeTab:
                                                  type="filepath", size="sm", elem_id="import-btn"))
                 ui.add("export", gr.Button("Export caption", size="sm"))
             ui.add("export_file", gr.File(label="Exported caption", interactive=False, visible=False))
-        with gr.Accordion("Caption check", open=False, elem_id="check-panel"):
+        with gr.Accordion("Caption check", open=True, elem_id="check-panel"):
             ui.add("issues_all", gr.Markdown(elem_id="caption-issues"))
         with gr.Accordion("Canvas background (reference or last result)", open=False):
             ui.add("canvas_bg", CheckedImage(label="Reference image", type="filepath", height=140,
@@ -277,6 +277,10 @@ class ComposeTab:
             ui.add("stop", gr.Button("Stop", variant="secondary", interactive=False, scale=1, min_width=70,
                                      elem_id="stop-btn"))
         ui.add("gen_status", gr.Markdown(elem_id="gen-status"))
+        # The running generation's phase and time left, written by the page's timer. Its own line, not
+        # gen_status: a tick answered just after the run's "Done" must not overwrite it (it lands here,
+        # hidden by then).
+        ui.add("live_status", gr.Markdown(visible=False, elem_id="live-status"))
         ui.add("live_seen", gr.State(0))
         ui.add("live_timer", gr.Timer(LIVE_TICK_S, active=False))
         # The live preview lies over the gallery (app.py's style sheet), so showing and hiding it never
@@ -711,7 +715,8 @@ class ComposeTab:
         """The moment Generate is clicked: the button says the run is on and cannot start a second one,
         Stop becomes active, the last run's status goes, and the timer starts fetching previews."""
         return {"generate": gr.update(value=RUNNING_LABEL, interactive=False),
-                "stop": gr.update(variant="stop", interactive=True), "gen_status": "Waiting for the GPU queue…",
+                "stop": gr.update(variant="stop", interactive=True), "gen_status": "",
+                "live_status": gr.update(value="Waiting for the GPU queue…", visible=True),
                 "live_timer": gr.Timer(active=True), "live_seen": 0, "live_preview": gr.update(value=None)}
 
     @emits(*RUN_VIEW)
@@ -721,15 +726,16 @@ class ComposeTab:
         self.live.finish(_session(request))
         return {"generate": gr.update(value=GENERATE_LABEL, interactive=True),
                 "stop": gr.update(variant="secondary", interactive=False), "live_timer": gr.Timer(active=False),
+                "live_status": gr.update(value="", visible=False),
                 "live_preview": gr.update(visible=False)}
 
-    @emits("gen_status", "live_seen", "live_preview")
+    @emits("live_status", "live_seen", "live_preview")
     def on_live_tick(self, seen, request: gr.Request = None) -> dict:
         """The running generation's phase and newest preview, when they changed since `seen`."""
         live = self.live.read(_session(request))
         if live is None or live.version == seen:
             return {}
-        out = {"live_seen": live.version, "gen_status": escape(live.label)}
+        out = {"live_seen": live.version, "live_status": escape(live.label)}
         if live.preview is not None:
             out["live_preview"] = gr.update(value=live.preview, visible=True)
         return out

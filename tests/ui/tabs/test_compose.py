@@ -505,6 +505,7 @@ def test_a_run_reports_phases_time_left_and_previews_to_the_live_view(tiny_handl
     start = tiny_handlers.on_run_start(request)
     assert start["generate"]["interactive"] is False and start["generate"]["value"] == RUNNING_LABEL
     assert start["stop"]["interactive"] is True and start["stop"]["variant"] == "stop"
+    assert start["gen_status"] == "" and start["live_status"]["visible"] is True  # the last run's status goes
     progress = Progress(tick)
     tiny_handlers.on_generate(poster_state(), new_browser_id(), **TINY, request=request, progress=progress)
     labels = [desc for value, desc in progress.calls if isinstance(value, tuple)]
@@ -520,7 +521,7 @@ def test_a_run_reports_phases_time_left_and_previews_to_the_live_view(tiny_handl
     end = tiny_handlers.on_run_end(request)
     assert end["generate"]["interactive"] is True and end["generate"]["value"] == GENERATE_LABEL
     assert end["stop"]["interactive"] is False and end["stop"]["variant"] == "secondary"
-    assert end["live_preview"]["visible"] is False
+    assert end["live_preview"]["visible"] is False and end["live_status"]["visible"] is False
 
 
 def test_a_second_run_estimates_decoding_from_the_first(tiny_handlers):
