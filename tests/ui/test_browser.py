@@ -177,7 +177,7 @@ def test_inspector_edits_relabel_the_box(page):
     assert elements[1]["text"] == "SOUTHWIND\nTRAILS"
     desc = page.locator("#element-desc textarea")
     desc.click()
-    desc.press("End")
+    desc.press("Control+End")  # the end of the text (End alone stops at the end of a wrapped line)
     desc.press_sequentially(" Bold.")  # typing updates live, without leaving the field
     page.wait_for_function(f"() => document.querySelector('{JSON_BOX}').value.includes('below the emblem. Bold.')")
     screenshot(page, "browser-8-inspector")
