@@ -309,3 +309,19 @@ def test_stage_height_is_the_pages_choice(browser):
     finally:
         context.close()
         demo.close()
+
+
+def test_a_slow_server_does_not_move_the_box_back(page):
+    """The server's answer held back for 2.5 s (longer than the canvas waits before it lets the next
+    edit go): the box stays where the user put it, and the answer confirms it."""
+    load(page, ("obj", [100, 100, 400, 400]))
+    held = []
+    page.route("**/queue/join*", lambda route: held.append(route))
+    s = Stage(page)
+    drag(page, s.at(250, 250), s.at(450, 350))
+    page.wait_for_timeout(2500)
+    assert len(held) == 1 and elements(page)[0]["bbox"] == [100, 100, 400, 400]  # the server has not seen it
+    assert page.locator(f"{CANVAS} .lc-box").first.evaluate("b => [b.style.left, b.style.top]") == ["30%", "20%"]
+    held[0].continue_()
+    assert wait_json(page, "els[0].bbox[1] === 300")[0]["bbox"] == [200, 300, 500, 600]
+    assert page.locator(f"{CANVAS} .lc-box").first.evaluate("b => [b.style.left, b.style.top]") == ["30%", "20%"]
