@@ -31,7 +31,9 @@ from ideogram_app.loading.vae import load_vae
 from ideogram_app.lora import LoraReport, apply_lora, loaded, remove, set_scale
 from ideogram_app.lora.identity import file_sha256
 from ideogram_app.model.prompt_tokenizer import PromptTokenizer, check_token_count
-from ideogram_app.pipeline.conditioning import decode_tokens, encode_image, encode_text, initial_noise, noised_start, prepare_conditioning
+from ideogram_app.pipeline.conditioning import (
+    Conditioning, decode_tokens, encode_image, encode_text, initial_noise, noised_start, prepare_conditioning,
+)
 from ideogram_app.pipeline.estimate import choose_fp8, component_weight_bytes
 from ideogram_app.pipeline.images import fit_image, image_to_tensor, open_image, tensor_to_images
 from ideogram_app.pipeline.metadata import attach_metadata, make_record
@@ -40,7 +42,7 @@ from ideogram_app.pipeline.placement import MemoryPlan
 from ideogram_app.pipeline.preview import Preview, PreviewHook, projection_for
 from ideogram_app.pipeline.prompt import PreparedPrompt, prepare_prompt
 from ideogram_app.pipeline.region import keep_outside, paste_outside, region_mask
-from ideogram_app.pipeline.sampling import GenerationCancelled, denoise
+from ideogram_app.pipeline.sampling import AfterStep, GenerationCancelled, denoise
 from ideogram_app.pipeline.settings import GenerationSettings
 from ideogram_app.pipeline.sizes import token_grid
 from ideogram_app.speed import apply_speed_mode, check_speed_mode, default_speed_mode
@@ -51,6 +53,17 @@ _warned_negative_prompt = False
 SETTING_NAMES = tuple(f.name for f in fields(GenerationSettings) if f.init and f.name != "limits")
 
 __all__ = ["GenerationCancelled", "GenerationRequest", "Ideogram4Pipeline"]
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What `Ideogram4Pipeline.start` hands the denoising loop, and what `finish` needs after it."""
+
+    conditioning: Conditioning
+    z: torch.Tensor  # starting latents, on the compute device
+    after_step: AfterStep | None  # `denoise`'s hook: region edit and/or live preview
+    grid: tuple[int, int]  # latent tokens (high, wide)
+    region: torch.Tensor | None  # an edited region's pixel mask, for pasting the input back outside it
 
 
 @dataclass(frozen=True)
@@ -321,9 +334,25 @@ class Ideogram4Pipeline:
         preview: Preview | None = None,
         preview_every: int = 1,
     ):
-        """Execute a validated request (see `prepare`; `preview` as in `__call__`)."""
+        """Execute a validated request (see `prepare`; `preview` as in `__call__`): `start`, the
+        denoising loop over the guided velocity of the two DiTs (on one device or two), `finish`."""
         if output_type not in ("pil", "latent"):
             raise ValueError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
+        started = self.start(request, preview, preview_every)
+        unconditional = self.unconditional_transformer or self.transformer
+        velocity = cfg_velocity(self.transformer, unconditional, started.conditioning, self.memory, self.devices,
+                                self._pass_scales())
+        z = denoise(velocity, started.z, request.settings.times, request.settings.sampler.guidance, callback, stop_event,
+                    started.after_step)
+        if stop_event is not None and stop_event.is_set():
+            raise GenerationCancelled("generation stopped before decoding")
+        return self.finish(request, started, z, output_type)
+
+    def start(self, request: GenerationRequest, preview: Preview | None = None, preview_every: int = 1) -> "RunStart":
+        """Everything before the denoising loop: text features, conditioning, the starting latents
+        (noise, or the noised input image) and the hook that runs after each step (a region edit's
+        `keep`, a live preview). Apart from `run` so a loop elsewhere (two processes,
+        ideogram_app/speed/cfg_parallel.py) composes the same stages."""
         settings = request.settings
         grid_h, grid_w = token_grid(settings.width, settings.height)
         features = self.encode_prompt(request.prompt.text)
@@ -347,16 +376,18 @@ class Ideogram4Pipeline:
         if preview is not None:  # watches the latents after `keep` (if any) has set them
             keep = PreviewHook(projection_for(self.vae, self.memory), z, times, grid_h, grid_w, preview, preview_every,
                                then=keep)
-        velocity = cfg_velocity(self.transformer, unconditional, conditioning, self.memory, self.devices, self._pass_scales())
-        z = denoise(velocity, z.to(self.memory.device), times, settings.sampler.guidance, callback, stop_event, keep)
-        if stop_event is not None and stop_event.is_set():
-            raise GenerationCancelled("generation stopped before decoding")
+        return RunStart(conditioning, z.to(self.memory.device), keep, (grid_h, grid_w), region)
+
+    def finish(self, request: GenerationRequest, started: "RunStart", z: torch.Tensor,
+               output_type: Literal["pil", "latent"] = "pil"):
+        """Everything after the loop: the latents themselves (`output_type="latent"`), or decoded
+        images (the input's pixels pasted back outside an edited region) carrying their metadata."""
         if output_type == "latent":
             return z
-        pixels = decode_tokens(self.vae, z, grid_h, grid_w, self.memory)
-        if region is not None:
-            pixels = paste_outside(pixels, image_to_tensor(request.input_image), region)
-        images = [attach_metadata(image, self._record(request, i)) for i, image in enumerate(tensor_to_images(pixels))]
+        pixels = decode_tokens(self.vae, z, *started.grid, self.memory)
+        if started.region is not None:
+            pixels = paste_outside(pixels, image_to_tensor(request.input_image), started.region)
+        images = [attach_metadata(image, self.record(request, i)) for i, image in enumerate(tensor_to_images(pixels))]
         return images[0] if len(images) == 1 else images
 
     # ----- LoRA ----------------------------------------------------------------------------------
@@ -461,7 +492,7 @@ class Ideogram4Pipeline:
             self._encoded = (text, encode_text(self.text_encoder, text, self.memory))
         return self._encoded[1]
 
-    def _record(self, request: GenerationRequest, index: int) -> dict:
+    def record(self, request: GenerationRequest, index: int) -> dict:
         settings, sampler = request.settings, request.settings.sampler
         return make_record(request.prompt.text, request.prompt.kind, {
             "model": self.model_name,

@@ -31,9 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ideogram_app.model.latents import TOKEN_CHANNELS
-from ideogram_app.pipeline.conditioning import (
-    Conditioning, TokenLayout, decode_tokens, encode_image, initial_noise, noised_start, prepare_conditioning, token_layout,
-)
+from ideogram_app.pipeline.conditioning import Conditioning, TokenLayout, token_layout
 from ideogram_app.pipeline.placement import MemoryPlan
 from ideogram_app.pipeline.sampling import Velocity, denoise, guided_velocity
 from ideogram_app.pipeline.sizes import token_grid
@@ -391,12 +389,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _generate(args: argparse.Namespace, loaded, request, settings, device: torch.device, rank: int) -> None:
     """Rank 0 encodes the prompt, draws the starting latents and broadcasts them; both ranks denoise
-    in lockstep; rank 0 decodes and saves. The stages are the pipeline's own (`Ideogram4Pipeline.run`)."""
+    in lockstep; rank 0 decodes and saves. The stages are the pipeline's own (`Ideogram4Pipeline.start` and
+    `finish`, the two halves of `run` around the loop)."""
     from tqdm import tqdm
 
     from ideogram_app.generate import output_paths
-    from ideogram_app.pipeline.images import image_to_tensor, tensor_to_images
-    from ideogram_app.pipeline.metadata import attach_metadata, save_png
+    from ideogram_app.pipeline.metadata import save_png
 
     grid_h, grid_w = token_grid(settings.width, settings.height)
     times, guidance = settings.times, settings.sampler.guidance
@@ -407,23 +405,18 @@ def _generate(args: argparse.Namespace, loaded, request, settings, device: torch
         denoise(distributed_cfg_velocity(loaded, layout, device), z, times, guidance)
         return
     pipe = loaded
-    features = pipe.encode_prompt(request.prompt.text)
-    # The conditional DiT stands in for the unconditional one, whose layout only rank 1 uses.
-    conditioning = prepare_conditioning(pipe.transformer, pipe.transformer, features, grid_h, grid_w,
-                                        settings.num_images, pipe.memory)
-    start = initial_noise(request.settings.seeds, grid_h, grid_w, request.rand_device)
-    if request.input_image is not None:
-        start = noised_start(encode_image(pipe.vae, image_to_tensor(request.input_image), pipe.memory), start, times[0])
-    z.copy_(start)
+    started = pipe.start(request)  # the pipeline's own stages: text features, conditioning, start latents
+    z.copy_(started.z)
     dist.broadcast(z, src=0)
+    conditioning = started.conditioning
     velocity = distributed_cfg_velocity(pipe.transformer, conditioning.conditional, device, conditioning.text_hidden)
     with tqdm(total=len(guidance), desc="denoising", unit="step") as bar:
         z = denoise(velocity, z, times, guidance, lambda step, total: bar.update(step - bar.n))
-    pixels = decode_tokens(pipe.vae, z, grid_h, grid_w, pipe.memory)
-    for i, (image, path) in enumerate(zip(tensor_to_images(pixels), output_paths(Path(args.out), settings.num_images))):
-        save_png(attach_metadata(image, pipe._record(request, i)), path)
+    images = pipe.finish(request, started, z)
+    for i, (image, path) in enumerate(zip(images if isinstance(images, list) else [images],
+                                          output_paths(Path(args.out), settings.num_images))):
+        save_png(image, path)
         print(f"saved {path} (seed {request.settings.seeds[i]})")
-
 
 if __name__ == "__main__":
     sys.exit(main())
