@@ -75,10 +75,12 @@ def weight_bytes_from_files(repo: str | Path, fp8: str = "keep", dtype: torch.dt
     }
 
 
-def choose_fp8(plan: MemoryPlan, dequantized_bytes: int, headroom: int = 4 * _GB) -> str:
-    """'dequantize' (faster steps) when every weight fits widened on the device with room to spare,
-    which only a `full` plan on CUDA can tell; 'keep' (half the memory) otherwise."""
-    if plan.mode != "full" or plan.device.type != "cuda":
+def choose_fp8(plan: MemoryPlan, dequantized_bytes: int, speed_mode: str = "eager", headroom: int = 4 * _GB) -> str:
+    """What `fp8="auto"` becomes. "keep" in the fast speed mode, whose FP8 GEMMs take the checkpoint's
+    own e4m3 weights and row scales; otherwise 'dequantize' (faster steps) when every weight fits
+    widened on the device with room to spare, which only a `full` plan on CUDA can tell, and 'keep'
+    (half the memory) elsewhere."""
+    if speed_mode == "fast" or plan.mode != "full" or plan.device.type != "cuda":
         return "keep"
     free, _ = torch.cuda.mem_get_info(plan.device)
     return "dequantize" if dequantized_bytes + headroom <= free else "keep"

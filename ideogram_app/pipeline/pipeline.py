@@ -188,13 +188,11 @@ class Ideogram4Pipeline:
         mode = check_speed_mode(mode or default_speed_mode(plan.device))
         if fp8 not in FP8_MODES:
             raise ValueError(f"fp8 mode {fp8!r} is unknown; choose one of {', '.join(FP8_MODES)}")
-        if fp8 == "auto" and mode == "fast":
-            fp8 = "keep"  # the FP8 GEMMs use the checkpoint's own e4m3 weights and row scales
         if fp8 == "auto":
             fp8 = choose_fp8(plan, sum(
                 component_weight_bytes(path, role, "dequantize", torch_dtype)
                 for role, path in paths.weights().items()
-            ))
+            ), mode)
         where = plan.storage_device
         transformer = load_transformer(paths.transformer, device=where, dtype=torch_dtype, fp8=fp8)
         unconditional = None

@@ -312,8 +312,8 @@ def _load_rank(args: argparse.Namespace, device: torch.device, rank: int):
     if rank == 1:  # fp8 and speed mode decided as `Ideogram4Pipeline.from_components` decides them
         fp8 = args.fp8
         if fp8 == "auto":
-            fp8 = "keep" if mode == "fast" else choose_fp8(MemoryPlan.on(device), component_weight_bytes(
-                paths.unconditional_transformer, "unconditional_transformer", "dequantize", dtype))
+            fp8 = choose_fp8(MemoryPlan.on(device), component_weight_bytes(
+                paths.unconditional_transformer, "unconditional_transformer", "dequantize", dtype), mode)
         dit = load_transformer(paths.unconditional_transformer, device=device, dtype=dtype, fp8=fp8,
                                subfolder="unconditional_transformer")
         return apply_speed_mode(dit, mode, cache_dir=args.compile_cache)

@@ -47,6 +47,8 @@ def test_estimates_follow_the_modes():
 def test_fp8_auto_keeps_fp8_unless_a_full_gpu_plan_has_room():
     assert choose_fp8(MemoryPlan.create("cpu"), 10) == "keep"
     assert choose_fp8(MemoryPlan.create("offload", "cuda"), 10) == "keep"
+    # fast mode's FP8 GEMMs take the stored e4m3 weights: kept even in full mode on a GPU (asks no GPU)
+    assert choose_fp8(MemoryPlan.on(torch.device("cuda")), 10, "fast") == "keep"
 
 
 def test_auto_fp8_on_the_cpu_loads_fp8_linears(tiny_repos):
