@@ -1,7 +1,7 @@
 """History and region edit in Debian's chromium at 1440x900 against a really launched app on the tiny model:
 a result is still in the history after the server restarts on the same output folder; Reuse seed fills the
 seed; a click on the overlay picks a box; a region edit of one box changes the pixels inside it and none outside it (measured on the PNGs);
-the compare slider shows the pair; delete asks, then removes exactly that file. Screenshots go to
+the compare slider shows the pair; Vary makes the same prompt with a new seed; delete asks, then removes exactly that file. Screenshots go to
 test-artifacts/."""
 import json
 
@@ -50,7 +50,8 @@ def test_history_survives_a_restart_and_region_edit_changes_only_the_box(browser
         stop_app(server.proc)
         server = start_tiny_server(tiny_repo, outputs, port=port)  # same origin: the browser keeps its id
         page.reload()
-        page.wait_for_function("() => (document.querySelector('#token-count') || {}).innerText?.includes('tokens')")
+        page.wait_for_function("() => (document.querySelector('#token-count') || {}).innerText?.includes('tokens')",
+                               timeout=120_000)  # 2 shared cores: a cold process answers its first events slowly
         page.locator("#gallery img").first.wait_for(state="visible")
         assert first.name in page.locator("#gallery img").first.get_attribute("src")
         screenshot(page, "history-1-after-restart")
@@ -104,16 +105,23 @@ def test_history_survives_a_restart_and_region_edit_changes_only_the_box(browser
         assert any(first.name in s for s in sources) and any(edited.name in s for s in sources)
         screenshot(page, "history-2-region-edit-and-compare")
 
-        page.locator("#history-delete").click()  # the edited result is the selected one
+        page.locator("#history-vary").click()  # of the selected result, the edited one: its prompt, a new seed
+        page.wait_for_function("() => document.querySelector('#history-status').innerText.includes('Variation')",
+                               timeout=120_000)
+        *_, varied = results_on_disk(outputs)
+        assert read_image_metadata(varied)["prompt"] == record["prompt"]
+        assert read_image_metadata(varied)["settings"]["seed"] != record["settings"]["seed"]
+
+        page.locator("#history-delete").click()  # the variation is the selected one now
         page.locator("#history-confirm").wait_for(state="visible")
-        assert edited.name in page.locator("#history-status").inner_text()
+        assert varied.name in page.locator("#history-status").inner_text()
         page.locator("#history-cancel").click()
         page.locator("#history-confirm").wait_for(state="hidden")
-        assert results_on_disk(outputs) == [first, edited]
+        assert results_on_disk(outputs) == [first, edited, varied]
         page.locator("#history-delete").click()
         page.locator("#history-confirm").click()
         page.wait_for_function("() => document.querySelector('#history-status').innerText.includes('Deleted')")
-        assert results_on_disk(outputs) == [first]
+        assert results_on_disk(outputs) == [first, edited]
         screenshot(page, "history-3-deleted")
     except Exception:
         screenshot(page, "FAILED-history")
