@@ -45,3 +45,20 @@ def test_cli_refuses_an_unknown_mode_with_the_choices(capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "--mode: invalid choice: 'warp'" in err and all(name in err for name in ("eager", "exact", "fast"))
+
+
+def test_warm_up_compiles_before_the_first_request_and_says_so(tiny_repo):
+    """Exact mode on the CPU (inductor): warm_up reports a status line before and after, and the first
+    request afterwards compiles nothing new (dynamo's frame counter stays put)."""
+    from torch._dynamo.utils import counters
+
+    pipe = Ideogram4Pipeline.from_pretrained(tiny_repo, device="cpu", memory="cpu", torch_dtype=torch.float32,
+                                             mode="exact")
+    lines = []
+    assert pipe.warm_up(lines.append) > 0
+    assert lines[0].startswith("compiling the DiT blocks") and lines[-1].startswith("DiT blocks compiled in")
+    compiled = counters["stats"]["unique_graphs"]
+    pipe("a red square", width=64, height=64, seed=1, num_inference_steps=2)
+    assert counters["stats"]["unique_graphs"] == compiled
+    eager = Ideogram4Pipeline.from_pretrained(tiny_repo, device="cpu", memory="cpu", torch_dtype=torch.float32)
+    assert eager.warm_up(lines.append) == 0.0
