@@ -9,12 +9,12 @@ from ideogram_app.generate import build_parser, check_arguments
 from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.pipeline.settings import GenerationSettings, SettingsError
 from ideogram_app.ui.api import PublicApi
-from ideogram_app.ui.generation import StopSignals, describe_problems, gpu_seconds, settings_from_controls
+from ideogram_app.ui.generation import StopSignals, describe_problems, settings_from_controls
 from ideogram_app.ui.model_slot import ModelSlot
 from ideogram_app.ui.tabs.compose import SETTING_LABELS, ComposeTab
 from ideogram_app.ui.wiring import Components
 
-CONTROLS = ("preset", "width", "height", "seed", "randomize", "num_images", "input_image", "strength")
+CONTROLS = ("preset", "width", "height", "seed", "randomize", "num_images", "input_image", "strength", "steps", "guidance")
 
 
 def compose_controls(limits=DEFAULT_LIMITS) -> dict:
@@ -78,14 +78,6 @@ def test_a_field_without_a_label_keeps_its_name():
         "mu: mu must be a finite number"
 
 
-def test_gpu_seconds_grow_with_steps_size_and_count():
-    base = gpu_seconds(GenerationSettings(preset="default"))
-    assert gpu_seconds(GenerationSettings(preset="quality")) > base
-    assert gpu_seconds(GenerationSettings(preset="default", width=2048, height=2048)) > base
-    assert gpu_seconds(GenerationSettings(preset="default", num_images=2)) > base
-    assert gpu_seconds(GenerationSettings(preset="turbo")) < base
-
-
 def test_stop_signals_are_per_session():
     signals = StopSignals()
     a, b = signals.start("a"), signals.start("b")
@@ -118,3 +110,51 @@ def test_generation_waits_while_a_training_run_holds_the_gpu(tiny_repos):
         holder.kill()
         holder.wait()
     assert len(generate_images(pipe, request)) == 1
+
+
+def test_previews_come_about_eight_times_a_run():
+    from ideogram_app.ui.generation import preview_every
+
+    assert [preview_every(steps) for steps in (1, 4, 12, 20, 48, 200)] == [1, 1, 2, 2, 6, 25]
+
+
+def test_the_time_left_counts_the_remaining_steps_and_the_decode(monkeypatch):
+    """Hand-computed: steps of 2 s after a first step of 5 s (encoding), 10 steps; with a measured
+    decode of 7 s, after step 4 there are 6 steps x 2 s + 7 s = 19 s left; without a measurement
+    the decode is guessed as DECODE_GUESS_STEPS steps."""
+    from ideogram_app.ui import generation
+    from ideogram_app.ui.generation import DECODE_GUESS_STEPS, RunClock
+
+    now = {"t": 100.0}
+    monkeypatch.setattr(generation.time, "monotonic", lambda: now["t"])
+    measured, guessed = RunClock(10, 1.0, decode_estimate=7.0), RunClock(10, 1.0)
+    for clock in (measured, guessed):
+        now["t"] = 100.0
+        assert clock.start() == "Encoding the text…"
+        now["t"] = 105.0
+        clock.step(1)
+        for step in (2, 3, 4):
+            now["t"] += 2.0
+            label = clock.step(step)
+        assert label == f"Step 4 of 10 · about {12 + (7 if clock is measured else DECODE_GUESS_STEPS * 2):.0f} s left, " \
+                        "decoding included"
+    now["t"] += 2.0 * 6
+    assert measured.step(10) == "Decoding… about 7 s left"
+    now["t"] += 3.0
+    assert measured.decode_seconds() == 3.0
+
+
+def test_live_runs_are_per_session_and_versioned():
+    from ideogram_app.ui.generation import LiveRuns
+
+    live = LiveRuns()
+    live.update("a", label="ignored: no run")
+    assert live.read("a") is None
+    live.start("a", "Encoding the text…")
+    first = live.read("a")
+    live.update("a", label="Step 1 of 2")
+    second = live.read("a")
+    assert (first.version, first.label) == (1, "Encoding the text…") and (second.version, second.label) == (2, "Step 1 of 2")
+    assert live.read("b") is None
+    live.finish("a")
+    assert live.read("a") is None
