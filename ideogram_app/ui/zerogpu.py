@@ -10,6 +10,7 @@ Spaces", gives the numbers).
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, TypeVar
 
 from ideogram_app.pipeline.settings import GenerationSettings
@@ -52,6 +53,12 @@ def gpu_duration(settings: GenerationSettings, text_tokens: int = TEXT_TOKENS) -
     per_image = settings.sampler.steps * step_seconds(settings.width, settings.height, text_tokens)
     total = ATTACH_S + settings.num_images * (per_image + DECODE_S_PER_MEGAPIXEL * megapixels)
     return int(min(MAX_DURATION_S, max(MIN_DURATION_S, math.ceil(total))))
+
+
+def on_zerogpu() -> bool:
+    """Whether this process runs on a ZeroGPU Space (which sets SPACES_ZERO_GPU=true). There the GPU exists
+    only inside `spaces.GPU` calls and torch.compile may not run, so only the eager speed mode is offered."""
+    return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "t", "true")
 
 
 def on_gpu(fn: F, duration: Callable[..., int]) -> F:

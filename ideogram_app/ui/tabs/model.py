@@ -41,6 +41,7 @@ from ..markup import code, escape
 from ..model_slot import ModelSlot
 from ..policy import CHANGE_MODEL, HUB_PREFIXES, REPO_ID, NotAllowedError, Policy
 from ..wiring import GLUE, GPU, Components, emits
+from ..zerogpu import on_zerogpu
 
 VARIANTS: dict[str, str] = {
     "fp8 (official, ~27 GB)": "ideogram-ai/ideogram-4-fp8",
@@ -77,7 +78,9 @@ def compute_device() -> torch.device:
 
 def supported_speed_modes(device: torch.device) -> tuple[str, ...]:
     """The speed modes `device` runs: `eager` and `exact` everywhere; `fast` only on a GPU with FP8
-    tensor cores (compute capability 8.9: Ada, Hopper, Blackwell and newer)."""
+    tensor cores (compute capability 8.9: Ada, Hopper, Blackwell and newer); on ZeroGPU only `eager`."""
+    if on_zerogpu():  # no torch.compile at run time there (zerogpu.py)
+        return ("eager",)
     if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9):
         return SPEED_MODES
     return tuple(mode for mode in SPEED_MODES if mode != "fast")
@@ -128,7 +131,9 @@ class ModelTab:
         with gr.Row():
             ui.add("memory", gr.Radio(list(MEMORY_MODES), value="full", label="Memory mode", interactive=False,
                                       elem_id="model-memory"))
-            ui.add("speed_mode", gr.Radio(list(speeds), value=default_speed_mode(device), label="Speed mode",
+            default = default_speed_mode(device)
+            ui.add("speed_mode", gr.Radio(list(speeds), value=default if default in speeds else speeds[0],
+                                          label="Speed mode",
                                           interactive=False, elem_id="model-speed"))
             ui.add("devices", gr.Radio([(label, value) for label, value in devices.items()], value=ONE_DEVICE,
                                        label="Devices", interactive=False, visible=len(devices) > 1,
@@ -297,8 +302,9 @@ class ModelTab:
             raise gr.Error(f"Speed mode: {err}") from None
         offered = supported_speed_modes(compute_device())
         if speed not in offered:
-            raise gr.Error(f"Speed mode: {speed!r} needs a GPU with FP8 tensor cores (CUDA compute capability 8.9 "
-                           f"or newer); this machine offers {', '.join(offered)}")
+            why = ("ZeroGPU allows no torch.compile at run time" if on_zerogpu() else
+                   "it needs a GPU with FP8 tensor cores (CUDA compute capability 8.9 or newer)")
+            raise gr.Error(f"Speed mode: {speed!r} is not offered here: {why}; this machine offers {', '.join(offered)}")
         choices = device_choices()
         if devices not in choices.values():
             raise gr.Error(f"Devices: {devices!r} is not offered here; choose one of "

@@ -172,7 +172,7 @@ def test_only_the_modes_this_machine_runs_are_offered_and_accepted(tiny_repo):
         assert device_choices() == {"one device": ONE_DEVICE}
     tab = ModelTab(ModelSlot())
     if compute_device().type == "cpu":
-        with pytest.raises(gr.Error, match="'fast' needs a GPU with FP8 tensor cores"):
+        with pytest.raises(gr.Error, match="'fast' is not offered here: it needs a GPU with FP8 tensor cores"):
             tab.on_load_model(str(tiny_repo), "cpu", "fast", ONE_DEVICE, LOCAL, progress=no_progress)
     if len(device_choices()) == 1:
         with pytest.raises(gr.Error, match="Devices: 'cuda:0,cuda:1' is not offered here"):
@@ -197,3 +197,11 @@ def test_fast_mode_and_cfg_parallel_are_offered_on_gpus_that_run_them():
     device = torch.device("cuda")
     assert ("fast" in supported_speed_modes(device)) == (torch.cuda.get_device_capability(device) >= (8, 9))
     assert (CFG_PARALLEL in device_choices().values()) == (torch.cuda.device_count() >= 2)
+
+
+def test_zerogpu_offers_only_eager(monkeypatch):
+    """ZeroGPU Spaces (SPACES_ZERO_GPU=true) allow no torch.compile at run time."""
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert supported_speed_modes(torch.device("cpu")) == ("eager",)
+    with pytest.raises(gr.Error, match="'exact' is not offered here: ZeroGPU allows no torch.compile at run time; this machine offers eager"):
+        ModelTab(ModelSlot()).checked_modes("exact", ONE_DEVICE)
