@@ -76,7 +76,6 @@ def fitting_images(side: int = FIT_SIDE) -> torch.Tensor:
 
 def patch_means(images: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) -> (N, H/16 * W/16, 3): each token's patch colour, in the tokens' row-major order."""
-    n, c, h, w = images.shape
     pooled = torch.nn.functional.avg_pool2d(images, PATCH)  # (N, 3, H/16, W/16)
     return pooled.flatten(2).transpose(1, 2)
 
