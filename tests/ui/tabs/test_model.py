@@ -205,3 +205,16 @@ def test_zerogpu_offers_only_eager(monkeypatch):
     assert supported_speed_modes(torch.device("cpu")) == ("eager",)
     with pytest.raises(gr.Error, match="'exact' is not offered here: ZeroGPU allows no torch.compile at run time; this machine offers eager"):
         ModelTab(ModelSlot()).checked_modes("exact", ONE_DEVICE)
+
+
+def test_the_start_up_model_takes_a_speed_mode_and_devices():
+    from ideogram_app.ui.serving import check_options, parse_options
+
+    options = parse_options(["--mode", "eager", "--devices", "cuda:0,cuda:1"], environ={})
+    assert options.mode == "eager" and options.devices == ("cuda:0", "cuda:1") and check_options(options) is None
+    assert parse_options([], environ={"IDEOGRAM_MODE": "fast"}).mode == "fast"
+    assert parse_options([], environ={}).mode is None and parse_options([], environ={}).devices is None
+    with pytest.raises(SystemExit):
+        parse_options(["--mode", "turbo"], environ={})
+    with pytest.raises(SystemExit):
+        parse_options(["--devices", "cuda:0"], environ={})  # CFG-parallel needs two
