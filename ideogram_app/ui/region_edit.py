@@ -103,6 +103,9 @@ class RegionEditPanel:
                                               "on the overlay), change its text or description and "
                                               "regenerate only that box.", elem_id="region-note"))
             ui.add("region_element", gr.Dropdown([], label="Element (box)", elem_id="region-element"))
+            # The picked element as the server knows it: events read this, not the dropdown, whose value
+            # Gradio checks against choices that another event may be replacing at that moment.
+            ui.add("region_picked", gr.State(None))
             ui.add("region_text", gr.Textbox(label="Text in the box", lines=1, elem_id="region-text"))
             ui.add("region_desc", gr.Textbox(label="Description", lines=2, elem_id="region-desc"))
             with gr.Row():
@@ -114,33 +117,33 @@ class RegionEditPanel:
             ui.add("region_run", gr.Button("Regenerate region", variant="primary", elem_id="region-run"))
             ui.add("region_status", gr.Markdown(elem_id="region-status"))
         ui.on([ui["selected_result"].change, ui["results"].change], self.on_result_changed,
-              ["results", "selected_result", "region_element"], trigger_mode="always_last", **GLUE)
+              ["results", "selected_result", "region_picked"], trigger_mode="always_last", **GLUE)
         ui.on(ui["overlay"].select, self.on_overlay_click, ["results", "selected_result"], **GLUE)
         ui.on(ui["region_element"].input, self.on_element_picked, ["results", "selected_result", "region_element"],
               **GLUE)
         ui.on(ui["region_run"].click, self.on_regenerate,
-              ["browser_id", "results", "selected_result", "region_element", "region_text", "region_desc",
+              ["browser_id", "results", "selected_result", "region_picked", "region_text", "region_desc",
                "region_strength", "region_seed"],
               api_visibility="private", concurrency_id=GPU, concurrency_limit=1, show_progress_on=[ui["region_status"]])
 
-    @emits("region_element", "region_text", "region_desc", "region_note")
+    @emits("region_element", "region_picked", "region_text", "region_desc", "region_note")
     def on_result_changed(self, results: list[dict] | None, selected: int | None, current: Any = None) -> dict:
         """The boxes of the newly selected result; the element picked before stays picked when the new
         result has it (an edited result has the same elements), else the first."""
         if isinstance(selected, bool) or not isinstance(selected, int) or not results or not 0 <= selected < len(results):
-            return {"region_element": gr.update(choices=[], value=None), "region_text": "", "region_desc": "",
-                    "region_note": "Select a result to edit one of its boxes."}
+            return {"region_element": gr.update(choices=[], value=None), "region_picked": None, "region_text": "",
+                    "region_desc": "", "region_note": "Select a result to edit one of its boxes."}
         caption, choices = caption_elements(results[selected]["prompt"])
         if not choices:
-            return {"region_element": gr.update(choices=[], value=None), "region_text": "", "region_desc": "",
-                    "region_note": NO_BOXES}
+            return {"region_element": gr.update(choices=[], value=None), "region_picked": None, "region_text": "",
+                    "region_desc": "", "region_note": NO_BOXES}
         index = current if current in [value for _, value in choices] else choices[0][1]
         element = caption["compositional_deconstruction"]["elements"][index]
-        return {"region_element": gr.update(choices=choices, value=index),
+        return {"region_element": gr.update(choices=choices, value=index), "region_picked": index,
                 "region_text": element.get("text", ""), "region_desc": element.get("desc", ""),
                 "region_note": escape(f"Result #{selected + 1}: {len(choices)} box(es).")}
 
-    @emits("region_element", "region_text", "region_desc")
+    @emits("region_element", "region_picked", "region_text", "region_desc")
     def on_overlay_click(self, results: list[dict] | None, selected: int | None, evt: gr.SelectData) -> dict:
         """A click on the placement overlay picks the box under it."""
         record = selected_record(results, selected)
@@ -155,15 +158,16 @@ class RegionEditPanel:
             warn("No box there: click inside one of the boxes drawn on the overlay.")
             return {}
         element = caption["compositional_deconstruction"]["elements"][index]
-        return {"region_element": index, "region_text": element.get("text", ""), "region_desc": element.get("desc", "")}
+        return {"region_element": index, "region_picked": index, "region_text": element.get("text", ""),
+                "region_desc": element.get("desc", "")}
 
-    @emits("region_text", "region_desc")
+    @emits("region_picked", "region_text", "region_desc")
     def on_element_picked(self, results: list[dict] | None, selected: int | None, index: Any) -> dict:
         caption, choices = caption_elements(selected_record(results, selected)["prompt"])
         if index not in [value for _, value in choices]:
             return {}
         element = caption["compositional_deconstruction"]["elements"][index]
-        return {"region_text": element.get("text", ""), "region_desc": element.get("desc", "")}
+        return {"region_picked": index, "region_text": element.get("text", ""), "region_desc": element.get("desc", "")}
 
     @emits("results", "gallery", "region_status", *RESULT_VIEW)
     def on_regenerate(self, browser_id, results: list[dict] | None, selected: int | None, index: Any,

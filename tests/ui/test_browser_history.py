@@ -23,8 +23,18 @@ def results_on_disk(outputs) -> list:
     return sorted((p for p in outputs.rglob("*.png") if RESULT_NAME.fullmatch(p.name)), key=lambda p: p.stat().st_mtime_ns)
 
 
+# Every error toast the page shows, kept in window.__toasts (they fade out before a screenshot sees them).
+TOAST_WATCH = """
+window.__toasts = [];
+new MutationObserver(() => document.querySelectorAll('.toast-body.error:not([data-seen])').forEach(t => {
+    t.setAttribute('data-seen', '1'); window.__toasts.push(t.innerText); })
+).observe(document, {childList: true, subtree: true});
+"""
+
+
 def open_page(browser, url):
     context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context.add_init_script(TOAST_WATCH)
     page = context.new_page()
     page.set_default_timeout(60_000)
     page.goto(url)
@@ -123,6 +133,7 @@ def test_history_survives_a_restart_and_region_edit_changes_only_the_box(browser
         page.wait_for_function("() => document.querySelector('#history-status').innerText.includes('Deleted')")
         assert results_on_disk(outputs) == [first, edited]
         screenshot(page, "history-3-deleted")
+        assert page.evaluate("() => window.__toasts") == []
     except Exception:
         screenshot(page, "FAILED-history")
         print(server.log.read_text()[-4000:])

@@ -211,10 +211,12 @@ def test_region_edit_panel_changes_only_the_chosen_box(loaded_slot, made):
     shown = panel.on_result_changed(results, 0)
     assert [label for label, _ in shown["region_element"]["choices"]] == ["1 · obj · a red circle",
                                                                           "2 · text · HELLO"]
-    assert (shown["region_text"], shown["region_desc"]) == ("", "a red circle")
-    assert panel.on_element_picked(results, 0, 1) == {"region_text": "HELLO", "region_desc": "bold serif"}
+    assert (shown["region_picked"], shown["region_text"], shown["region_desc"]) == (0, "", "a red circle")
+    assert panel.on_result_changed(results, 0, 1)["region_picked"] == 1  # a picked element stays picked
+    assert panel.on_element_picked(results, 0, 1) == {"region_picked": 1, "region_text": "HELLO",
+                                                      "region_desc": "bold serif"}
     assert panel.on_overlay_click(results, 0, gr.SelectData(None, {"index": [100, 160], "value": None})) == \
-        {"region_element": 1, "region_text": "HELLO", "region_desc": "bold serif"}
+        {"region_element": 1, "region_picked": 1, "region_text": "HELLO", "region_desc": "bold serif"}
     assert panel.on_overlay_click(results, 0, gr.SelectData(None, {"index": "junk", "value": None})) == {}
     out = panel.on_regenerate(browser_id, results, 0, 1, "BYE", "thin red script", 0.9, 5, progress=no_progress)
     new = out["results"][-1]
