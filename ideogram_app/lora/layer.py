@@ -176,11 +176,11 @@ class LoraLinear(nn.Module):
                 continue
             if not y.is_contiguous():
                 y = y.contiguous()
-            h = F.linear(x.to(adapter.down.dtype), adapter.down)
-            # y += s · h Bᵀ in one fused GEMM, without a second output-sized buffer.
-            y.view(-1, self.out_features).addmm_(
-                h.reshape(-1, h.shape[-1]).to(y.dtype), adapter.up.t().to(y.dtype), alpha=adapter.weight_scale
-            )
+            # y += (s · h) Bᵀ in one fused GEMM, without a second output-sized buffer. The scale multiplies
+            # the small rank-r product rather than going in as addmm's alpha: a compiled block (exact
+            # mode) then reads it at run time instead of compiling again for every new value.
+            h = F.linear(x.to(adapter.down.dtype), adapter.down) * adapter.weight_scale
+            y.view(-1, self.out_features).addmm_(h.reshape(-1, h.shape[-1]).to(y.dtype), adapter.up.t().to(y.dtype))
         return y
 
     def extra_repr(self) -> str:

@@ -144,10 +144,6 @@ def test_lora_apply_rescale_and_unload_after_compiling(files, cache, lora_file):
     torch.testing.assert_close(forward(eager, call), base, **FP32_TOL)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "LoraLinear.forward passes the scale as addmm_'s alpha, which dynamo compiles in as a constant, so "
-    "every new scale value compiles the block again; multiplying the rank-r product by the scale "
-    "instead lets it stay a run-time input (docs/speed.md, 'Exact mode (compiled)')"))
 def test_a_new_lora_scale_does_not_recompile(files, cache, lora_file):
     compiled = compiled_dit(files, cache)
     apply_lora(compiled, lora_file, name="style", scale=0.8)
