@@ -77,7 +77,8 @@ def delete_result(folder: Path, path: str | os.PathLike) -> list[str]:
     return deleted
 
 
-def zip_results(folder: Path, max_files: int = ZIP_MAX_FILES, max_bytes: int = ZIP_MAX_BYTES) -> tuple[Path | None, list[str], int]:
+def zip_results(folder: Path, max_files: int = ZIP_MAX_FILES,
+                max_bytes: int = ZIP_MAX_BYTES) -> tuple[Path | None, list[str], int]:
     """All results of `folder` in one zip (stored, not recompressed), newest first until either bound
     is reached; -> (the zip in the scratch folder, or None when there is nothing, the names in it,
     how many were left out)."""

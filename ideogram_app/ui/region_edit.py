@@ -1,5 +1,6 @@
 """Region edit in the app: pick one box of the selected result's caption (from a list, or by clicking
-it on the placement overlay), change its text or description, and regenerate only that box (docs/app.md, "Region edit"; the maths in pipeline/region.py).
+it on the placement overlay), change its text or description, and regenerate only that box
+(docs/app.md, "Region edit"; the maths in pipeline/region.py).
 
 The new image is a region-edit request built from the result itself: its PNG is the input image, its
 metadata's prompt (with the one element changed) is the caption, so the rest of the layout stays the
@@ -58,7 +59,8 @@ def caption_elements(prompt: Any) -> tuple[dict | None, list[tuple[str, int]]]:
     return caption, choices
 
 
-def element_at(caption: dict, choices: list[tuple[str, int]], x: float, y: float, width: int, height: int) -> int | None:
+def element_at(caption: dict, choices: list[tuple[str, int]], x: float, y: float, width: int,
+               height: int) -> int | None:
     """The boxed element under pixel (x, y) of a width x height result (the smallest box when several
     overlap: the one drawn on top of a larger one is what a click means), or None."""
     grid_y, grid_x = pixels_to_bbox((x, y, x, y), width, height)[:2]
@@ -130,7 +132,8 @@ class RegionEditPanel:
     def on_result_changed(self, results: list[dict] | None, selected: int | None, current: Any = None) -> dict:
         """The boxes of the newly selected result; the element picked before stays picked when the new
         result has it (an edited result has the same elements), else the first."""
-        if isinstance(selected, bool) or not isinstance(selected, int) or not results or not 0 <= selected < len(results):
+        if isinstance(selected, bool) or not isinstance(selected, int) or not results \
+                or not 0 <= selected < len(results):
             return {"region_element": gr.update(choices=[], value=None), "region_picked": None, "region_text": "",
                     "region_desc": "", "region_note": "Select a result to edit one of its boxes."}
         caption, choices = caption_elements(results[selected]["prompt"])

@@ -121,7 +121,8 @@ def test_paste_outside_blends_with_the_pixel_mask():
      "edit_region [500, 100, 100, 500] has a minimum above its maximum; the order is [y_min, x_min, y_max, x_max]"),
     (dict(edit_region=[0, 0, 1001, 500], input_image="in.png"), "edit_region [0, 0, 1001, 500] leaves the 0-1000 grid"),
     (dict(edit_region=[0, 0, 0, 500], input_image="in.png"), "edit_region [0, 0, 0, 500] has zero area"),
-    (dict(edit_region=[1, 2, 3], input_image="in.png"), "edit_region must be four integers [y_min, x_min, y_max, x_max]"),
+    (dict(edit_region=[1, 2, 3], input_image="in.png"),
+     "edit_region must be four integers [y_min, x_min, y_max, x_max]"),
     (dict(edit_region=[1, 2, 3, 4.5], input_image="in.png"), "edit_region must be four integers"),
     (dict(edit_region="0,0,10,10", input_image="in.png"), "edit_region must be a box [y_min, x_min, y_max, x_max]"),
 ])

@@ -1,7 +1,8 @@
 """History and region edit in Debian's chromium at 1440x900 against a really launched app on the tiny model:
 a result is still in the history after the server restarts on the same output folder; Reuse seed fills the
-seed; a click on the overlay picks a box; a region edit of one box changes the pixels inside it and none outside it (measured on the PNGs);
-the compare slider shows the pair; Vary makes the same prompt with a new seed; delete asks, then removes exactly that file. Screenshots go to
+seed; a click on the overlay picks a box; a region edit of one box changes the pixels inside it and none
+outside it (measured on the PNGs); the compare slider shows the pair; Vary makes the same prompt with a new
+seed; delete asks, then removes exactly that file; no error toast on the way. Screenshots go to
 test-artifacts/."""
 import json
 
@@ -20,7 +21,8 @@ SIDE = 256  # 16x16 tokens: room for a box, its ramp and an untouched outside
 
 
 def results_on_disk(outputs) -> list:
-    return sorted((p for p in outputs.rglob("*.png") if RESULT_NAME.fullmatch(p.name)), key=lambda p: p.stat().st_mtime_ns)
+    return sorted((p for p in outputs.rglob("*.png") if RESULT_NAME.fullmatch(p.name)),
+                  key=lambda p: p.stat().st_mtime_ns)
 
 
 # Every error toast the page shows, kept in window.__toasts (they fade out before a screenshot sees them).

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ideogram_app.limits import DEFAULT_LIMITS
-from ideogram_app.pipeline.metadata import attach_metadata, make_record, read_image_metadata
+from ideogram_app.pipeline.metadata import attach_metadata, make_record
 from ideogram_app.pipeline.region import FEATHER_TOKENS
 from ideogram_app.ui.generation import StopSignals
 from ideogram_app.ui.history import (HistoryPanel, NotYourResult, delete_result, owned_result, settings_from_record,
