@@ -45,9 +45,10 @@ from ideogram_app.speed.attention import fastest_attention
 # Graphs one process may hold for the block function: shape classes × block structures (plain, fp8,
 # each LoRA arrangement) × devices. Past dynamo's default of 8 it would silently run blocks eagerly.
 RECOMPILE_LIMIT = 64
-# Seconds to compile one shape class of a block on a GPU the first time (one block compiled in ≈ 19 s
-# on an H100, docs/model-dit.md "Performance choices"); the warm-up message quotes it.
-FIRST_COMPILE_SECONDS = 20
+# Seconds to compile one shape class of a block on a GPU the first time: the first 1024² image on an
+# H200 took 11.5 s longer with an empty cache than a steady one, 4.1 s with a warm cache
+# (benchmarks/RESULTS.md, "Speed modes end to end"); the warm-up message quotes it.
+FIRST_COMPILE_SECONDS = 12
 
 
 def _block_forward(block: nn.Module, h, adaln_input, cos, sin, mask):

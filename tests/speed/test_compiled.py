@@ -215,7 +215,7 @@ def test_warm_up_compiles_each_shape_class_ahead_and_says_so(files, cache, tmp_p
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # an empty cache: a first start
     lines.clear()
     warm_up([dit], device="cpu", status=lines.append, grid=(5, 5), text_tokens=6, batch_sizes=(1, 2))
-    assert lines[0] == ("compiling the DiT blocks (first start on this machine: about 40 s; "
+    assert lines[0] == ("compiling the DiT blocks (first start on this machine: about 24 s; "
                         "later starts read the cache)")
 
 
