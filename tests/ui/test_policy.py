@@ -343,8 +343,8 @@ def test_nobody_may_change_or_probe_the_model(closed_app, tiny_repo, models_root
     assert "Only an operator may load or unload models here" in note
     assert ("--share without --auth" if auth is None else "--auth but without --admin") in note
     assert str(tiny_repo) not in unescape(json.dumps(loaded))  # the status names the folder, not its path
-    for call in (lambda: page.call("on_load_model", str(models_root / "tiny"), "cpu"),
-                 lambda: page.call("on_load_model", "ideogram-ai/ideogram-4-fp8", "cpu"),
+    for call in (lambda: page.call("on_load_model", str(models_root / "tiny"), "cpu", "eager", ""),
+                 lambda: page.call("on_load_model", "ideogram-ai/ideogram-4-fp8", "cpu", "eager", ""),
                  lambda: page.call("on_unload_model")):
         with pytest.raises(EventError, match="Only an operator may load or unload models here"):
             call()
@@ -413,14 +413,14 @@ def test_under_auth_only_the_admin_changes_the_model(admin_app, models_root):
     assert "is not an allowed model source" in missing
     for outside in ("/etc", "../tiny", "ideogram-ai/ideogram-4-fp8"):  # no --allow-hub: no download is tried
         with pytest.raises(EventError, match="is not an allowed model source"):
-            root.call("on_load_model", outside, "cpu")
+            root.call("on_load_model", outside, "cpu", "eager", "")
     with pytest.raises(EventError, match="Could not load 'empty'.*The model loaded before still serves"):
-        root.call("on_load_model", "empty", "cpu")
+        root.call("on_load_model", "empty", "cpu", "eager", "")
     assert generates(url, ("ann", "pw"))  # the failed load left the working model serving
     assert "No model loaded" in root.call("on_unload_model")[0]
     with pytest.raises(AppError, match="No model is loaded"):
         generates(url, ("ann", "pw"))
-    status = unescape(root.call("on_load_model", "tiny", "cpu")[0])
+    status = unescape(root.call("on_load_model", "tiny", "cpu", "eager", "")[0])
     assert status.startswith(f"**Loaded:** local folder <code>{models_root / 'tiny'}</code>")
     assert generates(url, ("ann", "pw"))
 
