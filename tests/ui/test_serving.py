@@ -128,7 +128,8 @@ def test_one_gpu_group_a_bounded_queue_and_private_glue():
     demo = prepare(build_demo(ModelSlot()), ModelSlot(), ServeOptions(queue_size=3))
     assert demo._queue.max_size == 3
     gpu = {fn.name for fn in demo.fns.values() if fn.concurrency_id == "gpu"}
-    assert gpu == {"on_generate", "on_load_model", "on_unload_model", "generate", "on_expand", "expand"}
+    assert gpu == {"on_generate", "on_load_model", "on_unload_model", "generate", "on_expand", "expand",
+                   "on_regenerate", "on_vary"}  # region edit and vary generate too
     assert all(fn.concurrency_limit == 1 for fn in demo.fns.values() if fn.concurrency_id == "gpu")
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert public == {"generate", "expand", "validate_caption", "format_caption", "render_layout"}
