@@ -95,11 +95,11 @@ def test_ctrl_enter_runs_with_live_previews_and_generate_disabled(studio):
     studio.locator("#preset input").click()
     studio.get_by_role("option", name="Quality · 48 steps").click()
     studio.wait_for_function("() => document.querySelector('#preset input').value.startsWith('Quality')")
-    assert generate_button_enabled(studio) and studio.locator("#stop-btn").is_disabled()
+    assert generate_button_enabled(studio) and "stop" not in studio.locator("#stop-btn").get_attribute("class")
     studio.locator("#layout-canvas .lc-stage").click(position={"x": 3, "y": 3})  # focus anywhere on the page
     studio.keyboard.press("Control+Enter")
     studio.wait_for_function("() => document.querySelector('#generate-btn').disabled")
-    assert studio.locator("#stop-btn").is_enabled()
+    studio.wait_for_function("() => document.querySelector('#stop-btn').classList.contains('stop')")  # red now
     studio.locator("#live-preview img").wait_for(state="visible", timeout=120_000)
     assert studio.locator("#gallery img").count() == 0  # the preview came before the image
     assert not generate_button_enabled(studio)
@@ -109,7 +109,7 @@ def test_ctrl_enter_runs_with_live_previews_and_generate_disabled(studio):
     studio.locator("#gallery img").first.wait_for(state="visible", timeout=120_000)
     studio.wait_for_function("() => !document.querySelector('#generate-btn').disabled", timeout=60_000)
     assert "Done: 1 image(s)" in studio.locator("#gen-status").inner_text()
-    assert studio.locator("#stop-btn").is_disabled()
+    studio.wait_for_function("() => !document.querySelector('#stop-btn').classList.contains('stop')")
     assert not studio.locator("#live-preview").is_visible() and not studio.locator("#live-status").is_visible()
     screenshot(studio, "studio-2-done")
 
@@ -152,3 +152,22 @@ def test_without_a_model_generate_explains_in_plain_text_and_logs_no_traceback(b
     finally:
         stop_app(proc)
     assert "Traceback" not in log.read_text()
+
+
+def test_a_run_waiting_for_the_gpu_shows_its_place_in_the_queue(studio, browser, app_url):
+    load_poster(studio, 512)
+    studio.locator("#preset input").click()
+    studio.get_by_role("option", name="Quality · 48 steps").click()
+    studio.wait_for_function("() => document.querySelector('#preset input').value.startsWith('Quality')")
+    context, second = open_studio(browser, app_url)
+    load_poster(second, 256)
+    studio.locator("#generate-btn").click()
+    studio.wait_for_function("() => /Step [1-9]/.test((document.querySelector('#live-status') || {}).innerText)",
+                             timeout=120_000)
+    second.locator("#generate-btn").click()
+    second.wait_for_function("() => /queue/i.test(document.querySelector('#gallery').innerText)", timeout=30_000)
+    assert not generate_button_enabled(second)  # disabled while it waits, too
+    screenshot(second, "studio-4-queued")
+    studio.locator("#stop-btn").click()
+    second.locator("#gallery img").first.wait_for(state="visible", timeout=120_000)
+    context.close()

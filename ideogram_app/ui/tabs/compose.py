@@ -274,8 +274,7 @@ class ComposeTab:
         default_size = (DEFAULTS["width"], DEFAULTS["height"])
         with gr.Row(elem_id="run-bar", equal_height=True):
             ui.add("generate", gr.Button(GENERATE_LABEL, variant="primary", scale=3, elem_id="generate-btn"))
-            ui.add("stop", gr.Button("Stop", variant="secondary", interactive=False, scale=1, min_width=70,
-                                     elem_id="stop-btn"))
+            ui.add("stop", gr.Button("Stop", variant="secondary", scale=1, min_width=70, elem_id="stop-btn"))
         ui.add("gen_status", gr.Markdown(elem_id="gen-status"))
         # The running generation's phase and time left, written by the page's timer. Its own line, not
         # gen_status: a tick answered just after the run's "Done" must not overwrite it (it lands here,
@@ -713,9 +712,10 @@ class ComposeTab:
     @emits(*RUN_VIEW)
     def on_run_start(self, request: gr.Request = None) -> dict:
         """The moment Generate is clicked: the button says the run is on and cannot start a second one,
-        Stop becomes active, the last run's status goes, and the timer starts fetching previews."""
+        Stop turns red, the last run's status goes, and the timer starts fetching previews. (Stop stays
+        clickable between runs: the history's and the region edit's runs are stopped with it too.)"""
         return {"generate": gr.update(value=RUNNING_LABEL, interactive=False),
-                "stop": gr.update(variant="stop", interactive=True), "gen_status": "",
+                "stop": gr.update(variant="stop"), "gen_status": "",
                 "live_status": gr.update(value="Waiting for the GPU queue…", visible=True),
                 "live_timer": gr.Timer(active=True), "live_seen": 0, "live_preview": gr.update(value=None)}
 
@@ -725,7 +725,7 @@ class ComposeTab:
         (the gallery now shows the result). The run's own handler has written the status."""
         self.live.finish(_session(request))
         return {"generate": gr.update(value=GENERATE_LABEL, interactive=True),
-                "stop": gr.update(variant="secondary", interactive=False), "live_timer": gr.Timer(active=False),
+                "stop": gr.update(variant="secondary"), "live_timer": gr.Timer(active=False),
                 "live_status": gr.update(value="", visible=False),
                 "live_preview": gr.update(visible=False)}
 
