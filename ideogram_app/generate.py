@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelSourceError, ValueError, FileNotFoundError) as err:
         print(f"error: cannot load {args.model}: {err}", file=sys.stderr)
         return 1
+    pipe.warm_up(lambda line: print(line, file=sys.stderr))
     try:
         for path, scale in args.lora:
             try:

@@ -231,9 +231,14 @@ class Ideogram4Pipeline:
         from ideogram_app.speed.compiled import warm_up
 
         seconds = 0.0
+        quiet = False
         for dit in {id(d): d for d in (self.transformer, self.unconditional_transformer) if d is not None}.values():
+            # One DiT at a time inside the memory plan (offload keeps one on the GPU); the second finds
+            # the first's graphs unless it sits on another GPU or differs in structure, so it is quiet.
             with self.memory.running(dit):
-                seconds += warm_up([dit], device=next(dit.parameters()).device, status=status)
+                seconds += warm_up([dit], device=next(dit.parameters()).device,
+                                   status=(lambda line: None) if quiet else status)
+            quiet = True
         return seconds
 
     def use_devices(self, devices: str | Sequence[str | torch.device]) -> None:

@@ -51,14 +51,16 @@ class ModelSlot:
         return loaded
 
     def load(self, source: str, memory: str = "full", mode: str | None = None,
-             devices: tuple[str, ...] | None = None) -> LoadedModel:
+             devices: tuple[str, ...] | None = None, status: Callable[[str], None] | None = None) -> LoadedModel:
         """Load `source` (local folder/file or hub id) with memory mode `memory`, speed mode `mode` and
         `devices` (see ideogram_app.speed and the pipeline's `from_pretrained`), replacing any model.
 
         The new pipeline is built while the current one keeps serving, and swapped in only once it
         loaded: a failed load (a typo, a gated repo, a full disk) leaves every user's generation
         working. The price is room for both models during the load; unload first where that does
-        not fit.
+        not fit. In the compiled speed modes the DiT blocks are compiled here too, before the swap,
+        with `status` told what is happening (`Ideogram4Pipeline.warm_up`), so the first image after a
+        load does not stall on it.
         """
         from ideogram_app.pipeline.pipeline import Ideogram4Pipeline
 
@@ -71,6 +73,7 @@ class ModelSlot:
             options["devices"] = devices
         try:
             pipe = Ideogram4Pipeline.from_pretrained(source, **options)
+            pipe.warm_up(status or (lambda line: None))
         except Exception as err:
             self.last_error = f"{type(err).__name__}: {err}"
             raise

@@ -326,7 +326,8 @@ class ModelTab:
         mode, device_list = self.checked_modes(speed, devices)
         progress(0, desc=f"loading {target}")
         try:
-            loaded = self.slot.load(target, memory, mode=mode, devices=device_list)
+            loaded = self.slot.load(target, memory, mode=mode, devices=device_list,
+                                    status=lambda line: progress(0.9, desc=line))
         except Exception as err:  # the working model still serves (ModelSlot.load swaps only on success)
             still = " The model loaded before still serves." if self.slot.loaded else ""
             raise gr.Error(f"Could not load {source!r}: {str(err).rstrip('.')}.{still}", duration=None) from None

@@ -218,3 +218,19 @@ def test_the_start_up_model_takes_a_speed_mode_and_devices():
         parse_options(["--mode", "turbo"], environ={})
     with pytest.raises(SystemExit):
         parse_options(["--devices", "cuda:0"], environ={})  # CFG-parallel needs two
+
+
+def test_a_compiled_load_compiles_before_the_swap_and_says_so(tiny_repo):
+    """Exact mode (compiled on the CPU here): the load's progress carries the warm-up's status lines,
+    and the model is swapped in only after its blocks compiled."""
+    slot = ModelSlot()
+    lines = []
+
+    def progress(fraction, desc=None):
+        lines.append((desc, slot.loaded))
+
+    ModelTab(slot).on_load_model(str(tiny_repo), "cpu", "exact", ONE_DEVICE, LOCAL, progress=progress)
+    warm = [(desc, loaded) for desc, loaded in lines if desc and "DiT blocks" in desc]
+    assert [desc.split(" (")[0].split(" in ")[0] for desc, _ in warm] == ["compiling the DiT blocks", "DiT blocks compiled"]
+    assert all(loaded is None for _, loaded in warm)  # still loading: nothing swapped in yet
+    assert slot.loaded.pipe.mode == "exact"
