@@ -221,7 +221,7 @@ class ComposeTab:
                               for i, name in enumerate(EL_PICKERS)]
             ui.add("issues_element", gr.Markdown())
         with gr.Accordion("Scene", open=True, elem_id="scene-panel"):
-            with gr.Row(equal_height=True):
+            with gr.Row(equal_height=False):
                 ui.add("hld", gr.Textbox(label="High-level description", lines=2, elem_id="scene-hld", scale=4))
                 ui.add("expand", gr.Button("Expand", elem_id="expand-btn", size="sm", scale=1, min_width=80))
             ui.add("expand_note", gr.Markdown(
