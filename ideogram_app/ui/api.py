@@ -32,6 +32,7 @@ from ideogram_app.limits import DEFAULT_LIMITS, Limits
 from ideogram_app.pipeline.sampling import PRESETS
 from ideogram_app.pipeline.settings import IMG2IMG_STRENGTH, RANDOM_SEED, SEED_MAX, GenerationSettings
 from ideogram_app.pipeline.sizes import MULTIPLE, RECOMMENDED_MAX, RECOMMENDED_MIN
+from ideogram_app.speed import SPEED_MODES, check_speed_mode
 
 from .expansion import Expander
 from .generation import DEFAULTS, JSON_TYPES, GenerationFailed, checked_caption, checked_size, generate_images
@@ -99,7 +100,8 @@ class PublicApi:
                  preset: str = DEFAULTS["preset"], seed: int = RANDOM_SEED,
                  num_images: int = DEFAULTS["num_images"], loras: list[str] | None = None,
                  input_image: str | None = None, denoising_strength: float | None = None,
-                 edit_region: list[int] | None = None, request: gr.Request = None) -> tuple[list[FileData], dict]:
+                 edit_region: list[int] | None = None, mode: str | None = None,
+                 request: gr.Request = None) -> tuple[list[FileData], dict]:
         """Generate Ideogram 4 images from a caption.
 
         Args:
@@ -113,6 +115,7 @@ class PublicApi:
             input_image: optional file name of one of your earlier /generate results on this server, as returned (e.g. "ideogram-0123456789ab.png"): img2img from it, or a region edit with edit_region.
             denoising_strength: how much of input_image is redrawn, in (0, 1]; {img2img_strength} when omitted with input_image.
             edit_region: optional box [y_min, x_min, y_max, x_max] on 0-1000 (with input_image): regenerate only this box and keep the rest of the image unchanged.
+            mode: optional speed mode the images must be made in ({speed_modes}); the server's model runs in the one it was loaded with (each image's metadata names it), and asking for another is refused with that mode named.
 
         Returns:
             The PNG files (caption and settings in their metadata) and the settings used.
@@ -127,6 +130,7 @@ class PublicApi:
                                           edit_region=edit_region, limits=self.limits)
             chosen = parse_lora_args(loras)
             pipe = self.slot.require().pipe
+            _check_mode(mode, pipe.mode)
             prepared = pipe.prepare(caption, settings)  # caption, token count
             images = generate_images(pipe, prepared, loras=chosen)
         except (ValueError, ModelNotLoadedError, GenerationFailed) as err:  # input, no model, out of memory
@@ -138,7 +142,7 @@ class PublicApi:
     generate.__doc__ = generate.__doc__.format(
         multiple=MULTIPLE, recommended_min=RECOMMENDED_MIN, recommended_max=RECOMMENDED_MAX, seed_max=SEED_MAX,
         random_seed=RANDOM_SEED, img2img_strength=IMG2IMG_STRENGTH, scale_min=SCALE_MIN, scale_max=SCALE_MAX,
-        max_loras=MAX_LORAS,
+        max_loras=MAX_LORAS, speed_modes=", ".join(f'"{m}"' for m in SPEED_MODES),
         presets=", ".join(f'"{name}" ({p.steps} steps{", the default" if name == DEFAULTS["preset"] else ""})'
                           for name, p in PRESETS.items()))
 
@@ -238,3 +242,15 @@ class PublicApi:
             raise gr.Error(str(err)) from None
         parsed = caption_or_error(caption, self.limits)
         return FileData(path=save_preview(render_layout(parsed, size.width, size.height)))
+
+
+def _check_mode(asked: object, loaded: str) -> None:
+    """/generate's `mode`: a speed mode is chosen when the model loads (compiling, FP8 conversion), so
+    a request may only name the one the server runs; results must not silently differ from what the
+    caller asked for."""
+    if asked is None or asked == "":
+        return
+    check_speed_mode(asked)
+    if asked != loaded:
+        raise ValueError(f"mode {asked!r}: this server's model runs in {loaded!r} mode (chosen when it was loaded); "
+                         f"omit mode or ask for {loaded!r}")

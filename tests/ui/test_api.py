@@ -26,7 +26,7 @@ def test_only_the_five_endpoints_are_public(client):
     generate = api["named_endpoints"]["/generate"]
     assert [p["parameter_name"] for p in generate["parameters"]] == [
         "caption", "width", "height", "preset", "seed", "num_images", "loras", "input_image", "denoising_strength",
-        "edit_region"]
+        "edit_region", "mode"]
 
 
 def test_format_caption_returns_the_compact_canonical_form(client):
@@ -66,6 +66,17 @@ def test_generate_with_the_tiny_model(client):
     assert all(Image.open(f).size == (64, 64) for f in files)
     assert records[0]["prompt"] == template_text("logo").strip() == settings["prompt"]
     assert [s["seed"] for s in settings["images"]] == [11, 12]
+    assert {s["mode"] for s in settings["images"]} == {"eager"}  # the test server's model runs eager
+
+
+def test_generate_refuses_a_mode_the_server_does_not_run(client):
+    files, _ = client.predict(template_text("logo"), 64, 64, "turbo", 4, 1, None, None, None, None, "eager",
+                              api_name="/generate")
+    assert read_image_metadata(files[0])["settings"]["mode"] == "eager"
+    with pytest.raises(AppError, match="mode 'fast': this server's model runs in 'eager' mode"):
+        client.predict(template_text("logo"), 64, 64, "turbo", 4, 1, None, None, None, None, "fast", api_name="/generate")
+    with pytest.raises(AppError, match="speed mode 'warp' is unknown; choose one of eager, exact, fast"):
+        client.predict(template_text("logo"), 64, 64, "turbo", 4, 1, None, None, None, None, "warp", api_name="/generate")
 
 
 def test_generate_with_a_lora_from_the_folder(client, app_server):
