@@ -44,6 +44,7 @@ def test_the_api_defaults_are_the_command_line_defaults(tmp_path):
                 if p.default is not p.empty and p.annotation is not gr.Request}
     assert defaults.pop("seed") == -1
     assert defaults.pop("loras") is None  # as the command line without --lora
+    assert defaults.pop("mode") is None  # the loaded model's own mode
     assert GenerationSettings(**defaults, seed=5) == cli_settings(tmp_path)
 
 

@@ -64,11 +64,11 @@ UI_EVENTS = [
     ("on_json_input", [None, '{"compositional_deconstruction": {"background": "<b>x</b>", "elements": [], "<b>": 1}'],
      None, None),  # accepted: the caption's text is shown escaped (see test_browser.py)
     ("on_element_desc", [None, "d\ud800"], None, "lone UTF-16 surrogate"),
-    ("on_generate", [None, None, "Turbo · 12 steps", 100000, 100000, 1, False, 1, None, 1.0, [], 1, 1, 1, 1], None,
+    ("on_generate", [None, None, "Turbo · 12 steps", 100000, 100000, 1, False, 1, None, 1.0, None, None, [], 1, 1, 1, 1], None,
      "Width × Height: width 100000 is outside the allowed 64-2048 pixels"),
-    ("on_generate", [None, None, "Turbo · 12 steps", 64, 64, -5, False, 1, None, 1.0, [], 1, 1, 1, 1], None,
+    ("on_generate", [None, None, "Turbo · 12 steps", 64, 64, -5, False, 1, None, 1.0, None, None, [], 1, 1, 1, 1], None,
      "Seed: seed -5 is outside"),
-    ("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 50, None, 1.0, [], 1, 1, 1, 1], None,
+    ("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 50, None, 1.0, None, None, [], 1, 1, 1, 1], None,
      "Value 50 is greater than maximum value 8"),  # Gradio's slider checks its own range first
     # Gradio's own check of a number field (it quotes the value back to the one client that sent it)
     ("on_custom_width", [None, "abc"], None, "Could not preprocess input component"),
@@ -102,7 +102,7 @@ def test_hostile_api_calls_are_answered_at_once_with_their_message(app_server):
 
 def test_hostile_ui_events_by_index_are_answered_with_escaped_messages(app_server):
     page = PageSession(app_server.url)
-    lost = page.event("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 1, None, 1.0, [], 1, 1, 1, 1])
+    lost = page.event("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 1, None, 1.0, None, None, [], 1, 1, 1, 1])
     assert lost.kind == "error" and escape("session is not on the server any more") in lost.message
     assert page.event("on_page_load", [None, None]).kind == "complete"
     before_files, before_mb = output_files(app_server), app_server.rss_mb()
@@ -142,7 +142,7 @@ def test_uploads_are_bounded_in_bytes_and_decoded_pixels(app_server):
     assert reply.kind == "error" and reply.seconds < MAX_SECONDS
     assert escape("(bombimg src=x.png) is 8000x6000 (48 MP); images up to 40 MP are accepted") in reply.message
     huge = page.upload("huge.png", png_bytes(15000, 13000))  # beyond Pillow's bound too
-    reply = page.event("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 1, huge, 0.5, [], 1, 1, 1, 1])
+    reply = page.event("on_generate", [None, None, "Turbo · 12 steps", 64, 64, 1, False, 1, huge, 0.5, None, None, [], 1, 1, 1, 1])
     assert reply.kind == "error" and escape("images up to 40 MP are accepted") in reply.message
     junk = page.upload("notes.png", b"not a picture")
     reply = page.event("on_canvas_background", [None, junk, 0.5])
