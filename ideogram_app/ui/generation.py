@@ -24,16 +24,12 @@ from ideogram_app.pipeline.settings import RANDOM_SEED, GenerationSettings, Sett
 from .loras import sync_loras
 from .runs import gpu_busy
 from .wiring import check_text, is_out_of_memory
-from .zerogpu import on_gpu
+from .zerogpu import gpu_duration, on_gpu
 
 # The field defaults of GenerationSettings, for the controls' initial values and the API's defaults.
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(GenerationSettings) if f.default is not MISSING}
 PRESET_LABELS = {f"{name.capitalize()} · {preset.steps} steps": name for name, preset in PRESETS.items()}
 PRESET_BY_NAME = {name: label for label, name in PRESET_LABELS.items()}
-# Seconds per guided denoising step at 1 MP, with a wide margin over the 0.34 s of DiT time measured
-# on an H100 (benchmarks/RESULTS.md); only used to ask ZeroGPU for a slot long enough.
-SECONDS_PER_STEP_AT_1MP = 1.2
-FIXED_OVERHEAD_S = 20
 
 
 def describe_problems(err: SettingsError, names: Mapping[str, str]) -> str:
@@ -81,13 +77,6 @@ def checked_size(width, height, limits: Limits) -> GenerationSettings:
     return GenerationSettings(width=width, height=height, limits=limits)
 
 
-def gpu_seconds(settings: GenerationSettings) -> int:
-    """Duration to request from ZeroGPU for one run of `settings`."""
-    megapixels = settings.width * settings.height / 1024**2
-    return int(FIXED_OVERHEAD_S + settings.num_images * settings.sampler.steps * SECONDS_PER_STEP_AT_1MP
-               * max(megapixels, 0.25))
-
-
 class StopSignals:
     """One threading.Event per browser session, so Stop ends only that user's run."""
 
@@ -126,7 +115,7 @@ def _run_generation(pipe, request, on_step: Callable[[int, int], None] | None = 
     return images if isinstance(images, list) else [images]
 
 
-run_generation = on_gpu(_run_generation, duration=lambda pipe, request, *args, **kwargs: gpu_seconds(request.settings))
+run_generation = on_gpu(_run_generation, duration=lambda pipe, request, *args, **kwargs: gpu_duration(request.settings))
 
 
 PREVIEWS_PER_RUN = 8  # about this many live previews per run, whatever its step count

@@ -24,37 +24,37 @@ MAX_GROWTH_MB = 200
 
 # (endpoint, raw JSON body, part of the expected message)
 API_CALLS = [
-    ("generate", f'{{"data": [{LOGO}, 100000, 100000, "turbo", 1, 1, null]}}',
+    ("generate", f'{{"data": [{LOGO}, 100000, 100000, "turbo", 1, 1, null, null, null, null, null]}}',
      "width 100000 is outside the allowed 64-2048 pixels; height 100000 is outside"),
-    ("generate", f'{{"data": [{LOGO}, NaN, 64, "turbo", 1, 1, null]}}', "width must be a whole number, got nan"),
-    ("generate", f'{{"data": [{LOGO}, 64, Infinity, "turbo", 1, 1, null]}}', "height must be a whole number, got inf"),
+    ("generate", f'{{"data": [{LOGO}, NaN, 64, "turbo", 1, 1, null, null, null, null, null]}}', "width must be a whole number, got nan"),
+    ("generate", f'{{"data": [{LOGO}, 64, Infinity, "turbo", 1, 1, null, null, null, null, null]}}', "height must be a whole number, got inf"),
     ("render_layout", f'{{"data": [{LOGO}, 100000, 100000]}}', "width 100000 is outside the allowed 64-2048"),
     ("render_layout", f'{{"data": [{LOGO}, 64, NaN]}}', "height must be a whole number, got nan"),
-    ("generate", f'{{"data": [{FIVE_MB}, 64, 64, "turbo", 1, 1, null]}}', "the caption is 5,000,000 characters long"),
+    ("generate", f'{{"data": [{FIVE_MB}, 64, 64, "turbo", 1, 1, null, null, null, null, null]}}', "the caption is 5,000,000 characters long"),
     ("render_layout", f'{{"data": [{FIVE_MB}, 64, 64]}}', "at most 100,000 are accepted"),
     ("validate_caption", f'{{"data": [{FIVE_MB}]}}', "the caption is 5,000,000 characters long"),
     ("format_caption", f'{{"data": [{FIVE_MB}]}}', "the caption is 5,000,000 characters long"),
-    ("generate", '{"data": [5, 64, 64, "turbo", 1, 1, null]}', "caption must be a string (JSON text or a plain-text "
+    ("generate", '{"data": [5, 64, 64, "turbo", 1, 1, null, null, null, null, null]}', "caption must be a string (JSON text or a plain-text "
                                                          "prompt), got a number"),
-    ("generate", '{"data": [{"a": 1}, 64, 64, "turbo", 1, 1, null]}', "caption must be a string"),
+    ("generate", '{"data": [{"a": 1}, 64, 64, "turbo", 1, 1, null, null, null, null, null]}', "caption must be a string"),
     ("format_caption", '{"data": [null]}', "caption must be a string (JSON text or a plain-text prompt), got null"),
     ("validate_caption", '{"data": [[1, 2]]}', "caption must be a string of JSON text, got a list"),
-    ("generate", f'{{"data": [{LOGO}, "abc", 64, "turbo", 1, 1, null]}}', "width must be a whole number, got 'abc'"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, ["turbo"], 1, 1, null]}}', "preset ['turbo'] is unknown"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", "abc", 1, null]}}', "seed must be a whole number, got 'abc'"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", -5, 1, null]}}', "seed -5 is outside 0..4294967295"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1099511627776, 1, null]}}', "seed 1099511627776 is outside"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 9, null]}}', "num_images is 9; choose 1 to 8"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 0, null]}}', "num_images is 0; choose 1 to 8"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, true, null]}}', "num_images must be a whole number, got True"),
-    ("generate", '{"data": ["a cat \\ud800", 64, 64, "turbo", 1, 1, null]}', "lone UTF-16 surrogate (U+D800)"),
-    ("generate", f'{{"data": [{LOGO}]}}', "didn't receive enough input values (needed: 7, got: 1)"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, ["../../../etc/passwd"]]}}',
+    ("generate", f'{{"data": [{LOGO}, "abc", 64, "turbo", 1, 1, null, null, null, null, null]}}', "width must be a whole number, got 'abc'"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, ["turbo"], 1, 1, null, null, null, null, null]}}', "preset ['turbo'] is unknown"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", "abc", 1, null, null, null, null, null]}}', "seed must be a whole number, got 'abc'"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", -5, 1, null, null, null, null, null]}}', "seed -5 is outside 0..4294967295"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1099511627776, 1, null, null, null, null, null]}}', "seed 1099511627776 is outside"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 9, null, null, null, null, null]}}', "num_images is 9; choose 1 to 8"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 0, null, null, null, null, null]}}', "num_images is 0; choose 1 to 8"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, true, null, null, null, null, null]}}', "num_images must be a whole number, got True"),
+    ("generate", '{"data": ["a cat \\ud800", 64, 64, "turbo", 1, 1, null, null, null, null, null]}', "lone UTF-16 surrogate (U+D800)"),
+    ("generate", f'{{"data": [{LOGO}]}}', "didn't receive enough input values (needed: 11, got: 1)"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, ["../../../etc/passwd"], null, null, null, null]}}',
      "loras: '../../../etc/passwd' is not in the server's LoRA folder"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, "ink.safetensors"]}}',
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, "ink.safetensors", null, null, null, null]}}',
      'loras must be a list of "name:scale" strings, got str'),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, [{{"a": 1}}]]}}', "loras: each entry must be"),
-    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, {json.dumps(["x"] * 10_000)}]}}',
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, [{{"a": 1}}], null, null, null, null]}}', "loras: each entry must be"),
+    ("generate", f'{{"data": [{LOGO}, 64, 64, "turbo", 1, 1, {json.dumps(["x"] * 10_000)}, null, null, null, null]}}',
      "loras: 10000 LoRAs asked for; at most 4 per generation"),
 ]
 
@@ -156,7 +156,7 @@ def test_load_20_clients_3_jobs_each_no_job_is_lost(app_server):
     """20 clients submit 3 jobs each at once (60 on a queue of 32): every job ends with images that open,
     or with a refusal that says the queue is full; none ends without an answer."""
     caption = template_text("logo")
-    body = json.dumps({"data": [caption, 64, 64, "turbo", -1, 1, None]})
+    body = json.dumps({"data": [caption, 64, 64, "turbo", -1, 1, None, None, None, None, None]})
     outcomes: list = []
     lock = threading.Lock()
 
