@@ -99,8 +99,8 @@ class TemplateGallery:
 
     def build(self, ui: Components) -> None:
         """A "Templates" side panel (collapsed until opened, so it takes no room beside the canvas)
-        holding the gallery and the confirm bar, wired to the Compose tab's components; call it after
-        those are built."""
+        holding the gallery and the confirm bar, wired to the Compose tab's components (its toolbar's
+        template list too, so both apply the size and ask first); call it after those are built."""
         with gr.Sidebar(label="Templates", open=False, position="left", elem_id="template-sidebar"):
             gr.Markdown("### Templates\nStart from a layout; its size comes with it.")
             with gr.Column(visible=False, elem_id="template-confirm") as bar:
@@ -116,6 +116,7 @@ class TemplateGallery:
         ui.add("template_replace", replace)
         ui.add("template_keep", keep)
         ui.on(ui["template_gallery"].select, self.on_pick, ["state"], **GLUE)
+        ui.on(ui["template"].select, self.on_choose, ["state", "template"], **GLUE)  # the toolbar's list: same rules
         ui.on(replace.click, self.on_replace, ["state", "template_pending"], **GLUE)
         ui.on(keep.click, self.on_keep, **GLUE)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from ideogram_app.caption import (CaptionFormatError, CaptionSyntaxError, PlainText, list_templates, load_template,
+from ideogram_app.caption import (CaptionFormatError, CaptionSyntaxError, PlainText, list_templates,
                                   parse, to_json)
 from ideogram_app.expand import ExpandError
 from ideogram_app.limits import DEFAULT_LIMITS, Limits
@@ -177,7 +177,8 @@ class ComposeTab:
         self._wire_generate(ui)
         HistoryPanel(self.slot, self.limits, self.stops, self._result_view).build(ui)  # ui/history.py
         RegionEditPanel(self.slot, self.limits, self.stops, self._result_view).build(ui)  # ui/region_edit.py
-        TemplateGallery(self).build(ui)  # the template side panel (ui/templates_gallery.py)
+        self.templates = TemplateGallery(self)
+        self.templates.build(ui)  # the template side panel and the toolbar's list (ui/templates_gallery.py)
 
     def _layout_canvas(self, ui: Components) -> None:
         """The canvas and the one toolbar of caption actions above it (templates, add, undo/redo).
@@ -186,7 +187,6 @@ class ComposeTab:
             gr.Markdown("Template", elem_id="template-label", container=False)
             ui.add("template", gr.Dropdown(list_templates(), label="Template", value=None, show_label=False,
                                            container=False, scale=3, min_width=140, elem_id="template-pick"))
-            ui.add("load_template", gr.Button("Reload", size="sm", scale=0, min_width=60))
             ui.add("add_obj", gr.Button("+ obj", size="sm", scale=0, min_width=60))
             ui.add("add_text", gr.Button("+ text", size="sm", scale=0, min_width=60))
             ui.add("undo", gr.Button("↶ Undo", size="sm", scale=0, min_width=70, elem_id="undo-btn"))
@@ -395,7 +395,6 @@ class ComposeTab:
         on(ui["expand"].click, self.on_expand, ["state", "hld", "json"], api_visibility="private",
            concurrency_id=GPU, concurrency_limit=1, show_progress_on=[ui["expand_note"]])
         on(ui["redo"].click, self.on_redo, ["state"], **GLUE)
-        on([ui["template"].input, ui["load_template"].click], self.on_load_template, ["state", "template"], **GLUE)
         on(ui["import"].upload, self.on_import_file, ["state", "import"], **GLUE)
         on(ui["export"].click, self.on_export, ["state"], api_visibility="private", concurrency_limit=None)
         on(ui["aspect"].input, self.on_aspect_preset, ["state", "aspect"], **GLUE)
@@ -622,13 +621,6 @@ class ComposeTab:
         return self.editor_view(editor.apply_canvas_op(state, {"op": "redo"}))
 
     # ---- templates, files, size, background -------------------------------------------------
-
-    @emits(*EDITOR_VIEW)
-    def on_load_template(self, state: EditorState, name: str) -> dict:
-        if name not in list_templates():
-            warn(f"pick a template first (available: {', '.join(list_templates())})")
-            return {}
-        return self.editor_view(editor.load_caption(state, load_template(name)), status=f"Loaded template {name}.")
 
     @emits(*OPEN_VIEW)
     def on_import_file(self, state: EditorState, path: str | None) -> dict:

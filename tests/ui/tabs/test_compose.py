@@ -227,11 +227,17 @@ def test_undo_redo_handlers(handlers):
     assert len(handlers.on_redo(undone["state"])["state"].elements) == 1
 
 
-def test_load_template_handler(handlers):
-    out = handlers.on_load_template(EditorState(), "product_shot")
-    assert out["state"].caption == load_template("product_shot").to_dict()
-    with pytest.warns(UserWarning, match="pick a template"):
-        assert handlers.on_load_template(EditorState(), "nope") == {}
+def test_the_toolbar_template_list_applies_the_size_like_the_gallery(handlers):
+    """The toolbar's list and the gallery share one rule (ui/templates_gallery.py): the caption and the
+    template's own size; an unknown name changes nothing."""
+    from ideogram_app.caption.templates import template_format
+    from ideogram_app.ui.templates_gallery import TemplateGallery
+
+    out = TemplateGallery(handlers).on_choose(EditorState(), "app_ui_mock")
+    fmt = template_format("app_ui_mock")
+    assert out["state"].caption == load_template("app_ui_mock").to_dict()
+    assert (out["width"], out["height"]) == (fmt.width, fmt.height) and fmt.height > fmt.width
+    assert TemplateGallery(handlers).on_choose(EditorState(), "nope") == {}
 
 
 def test_import_and_export_round_trip(handlers, tmp_path):
