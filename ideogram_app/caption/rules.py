@@ -394,7 +394,7 @@ def _check_element(element: Any, path: str, out: list[Issue]) -> None:
     _check_keys(element, known, path, out, allowed=TEXT_KEYS if known is None else known,
                 hint="; obj elements carry no text: change type to \"text\" to render it")
     if "bbox" in element:
-        _check_bbox(element["bbox"], join_path(path, "bbox"), out)
+        check_bbox(element["bbox"], join_path(path, "bbox"), out)
     if kind == "text":
         if "text" in element:
             _check_text(element["text"], join_path(path, "text"), out)
@@ -410,7 +410,8 @@ def _check_element(element: Any, path: str, out: list[Issue]) -> None:
         _check_palette(element["color_palette"], join_path(path, "color_palette"), ELEMENT_PALETTE_MAX, out)
 
 
-def _check_bbox(bbox: Any, path: str, out: list[Issue]) -> None:
+def check_bbox(bbox: Any, path: str, out: list[Issue]) -> None:
+    """The one rule for a box, wherever it comes from (an element's bbox, a region edit's box)."""
     shape_ok = (isinstance(bbox, list) and len(bbox) == 4
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in bbox))
     if not shape_ok:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ideogram_app.caption.bbox import bbox_to_pixels
-from ideogram_app.caption.rules import BBOX_GRID, _check_bbox
+from ideogram_app.caption.rules import BBOX_GRID, check_bbox
 from ideogram_app.pipeline.conditioning import noised_start
 from ideogram_app.pipeline.sampling import AfterStep
 from ideogram_app.pipeline.sizes import MULTIPLE, token_grid
@@ -42,7 +42,7 @@ def checked_region(region: Any) -> tuple[int, int, int, int]:
                          f"got {region!r}")
     values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in region]
     problems = []
-    _check_bbox(values, "edit_region", problems)
+    check_bbox(values, "edit_region", problems)
     if problems:
         raise ValueError("; ".join(f"edit_region {issue.message}" for issue in problems))
     return tuple(values)
