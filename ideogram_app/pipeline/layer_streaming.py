@@ -51,7 +51,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ideogram_app.pipeline.placement import PLANS, OffloadPlan, _replace, _tensor_slots
+from ideogram_app.pipeline.placement import PLANS, OffloadPlan, replace_tensor, tensor_slots
 
 # Nothing resident by default: resident blocks stay on the device through the text-encoder and VAE
 # phases too, and 3 GB of them took a whole 1024² generation to 9.4 GB in the driver's view on an H200
@@ -136,7 +136,7 @@ class StreamPlan(OffloadPlan):
         if self._placement(module) is not None:
             return module
         layers = streamed_layers(module)
-        block_bytes = [_bytes(_tensor_slots(layer)) for layer in layers]
+        block_bytes = [_bytes(tensor_slots(layer)) for layer in layers]
         rest_bytes = _bytes(_rest_slots(module, layers))
         left = self._resident_left
         resident_rest = rest_bytes <= left
@@ -200,7 +200,7 @@ class StreamPlan(OffloadPlan):
             run.rest = self._resident(placed, -1, _rest_slots(module, placed.layers)) if placed.resident_rest \
                 else self._copy(_rest_slots(module, placed.layers))
             for index in range(placed.resident_blocks):  # refreshed first: they run first
-                self._resident(placed, index, _tensor_slots(placed.layers[index]))
+                self._resident(placed, index, tensor_slots(placed.layers[index]))
             self._issue_through(placed, run, self.prefetch)
             self._swap_in(run.rest)
             placed.run = run
@@ -222,7 +222,7 @@ class StreamPlan(OffloadPlan):
         else:
             copies = run.copies.pop(index, None)
             if copies is None:  # a block run out of order: fetch it now
-                copies = self._copy(_tensor_slots(placed.layers[index]))
+                copies = self._copy(tensor_slots(placed.layers[index]))
         self._swap_in(copies)
         run.swapped[index] = copies
 
@@ -254,7 +254,7 @@ class StreamPlan(OffloadPlan):
                 if done is not None:
                     done.synchronize()
             index = run.streamed[run.issued]
-            run.copies[index] = self._copy(_tensor_slots(placed.layers[index]))
+            run.copies[index] = self._copy(tensor_slots(placed.layers[index]))
             run.issued += 1
 
     def _copy(self, slots: list[Slot]) -> _Copies:
@@ -268,7 +268,7 @@ class StreamPlan(OffloadPlan):
             for table, name, host in slots:
                 if host.device.type == "cpu" and not host.is_pinned():  # e.g. LoRA factors added after place
                     try:
-                        _replace(table, name, host, host.pin_memory())
+                        replace_tensor(table, name, host, host.pin_memory())
                         host = table[name]
                     except RuntimeError:  # no more page-locked memory: a slower, synchronous copy
                         pass
@@ -298,7 +298,7 @@ class StreamPlan(OffloadPlan):
             for _, _, _, device in copies.rows:
                 device.record_stream(stream)
         for table, name, host, device in copies.rows:
-            _replace(table, name, host, device)
+            replace_tensor(table, name, host, device)
 
 
 def _swap_out(copies: _Copies) -> None:
@@ -316,8 +316,8 @@ def streamed_layers(module: nn.Module) -> list[nn.Module]:
 
 
 def _rest_slots(module: nn.Module, layers: list[nn.Module]) -> list[Slot]:
-    in_layers = {id(table) for layer in layers for table, _, _ in _tensor_slots(layer)}
-    return [slot for slot in _tensor_slots(module) if id(slot[0]) not in in_layers]
+    in_layers = {id(table) for layer in layers for table, _, _ in tensor_slots(layer)}
+    return [slot for slot in tensor_slots(module) if id(slot[0]) not in in_layers]
 
 
 def _bytes(slots: list[Slot]) -> int:

@@ -81,9 +81,9 @@ class OffloadPlan(MemoryPlan):
         module.to(self.storage_device)
         if self.device.type == "cuda":
             try:
-                for table, name, tensor in _tensor_slots(module):
+                for table, name, tensor in tensor_slots(module):
                     if not tensor.is_pinned():
-                        _replace(table, name, tensor, tensor.pin_memory())
+                        replace_tensor(table, name, tensor, tensor.pin_memory())
             except RuntimeError as err:  # the OS refused more page-locked memory: slower, still correct
                 warnings.warn(f"could not pin offloaded weights in RAM ({err}); offloading will be slower", stacklevel=2)
         return module
@@ -92,10 +92,10 @@ class OffloadPlan(MemoryPlan):
     def running(self, module: nn.Module) -> Iterator[nn.Module]:
         """Each weight gets a device copy on entry and its stored tensor back on exit: inference never
         changes weights, so nothing is copied back and the host copy is reused."""
-        stored = [slot for slot in _tensor_slots(module) if slot[2].device != self.device]
+        stored = [slot for slot in tensor_slots(module) if slot[2].device != self.device]
         try:
             for table, name, tensor in stored:
-                _replace(table, name, tensor, tensor.to(self.device, non_blocking=True))
+                replace_tensor(table, name, tensor, tensor.to(self.device, non_blocking=True))
             yield module
         finally:
             for table, name, tensor in stored:
@@ -115,7 +115,7 @@ def check_memory_mode(mode: object) -> str:
     return mode  # type: ignore[return-value]
 
 
-def _tensor_slots(module: nn.Module) -> list[tuple[dict, str, torch.Tensor]]:
+def tensor_slots(module: nn.Module) -> list[tuple[dict, str, torch.Tensor]]:
     """(owning dict, name, tensor) of every parameter and buffer of every submodule."""
     return [
         (table, name, tensor)
@@ -126,7 +126,8 @@ def _tensor_slots(module: nn.Module) -> list[tuple[dict, str, torch.Tensor]]:
     ]
 
 
-def _replace(table: dict, name: str, old: torch.Tensor, new: torch.Tensor) -> None:
+def replace_tensor(table: dict, name: str, old: torch.Tensor, new: torch.Tensor) -> None:
+    """Put `new` where `old` was, as a frozen Parameter if `old` was one (module code may check)."""
     table[name] = nn.Parameter(new, requires_grad=False) if isinstance(old, nn.Parameter) else new
 
 
