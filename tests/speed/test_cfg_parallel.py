@@ -91,11 +91,12 @@ def test_guidance_one_skips_the_unconditional_dit(pipe):
     assert (len(cond_calls), len(uncond_calls)) == (4, 2)
 
 
-def test_loras_on_each_dit_and_pass_scoped_scales_match_the_single_device_velocity(pipe, tiny_repos, tmp_path):
+@pytest.mark.parametrize("merge", [False, True])
+def test_loras_on_each_dit_and_pass_scoped_scales_match_the_single_device_velocity(pipe, tiny_repos, tmp_path, merge):
     style = write_comfyui(tmp_path / "style.safetensors", fused_truth(seed=3, rank=4, alpha=4.0))
     negative = write_comfyui(tmp_path / "negative.safetensors", fused_truth(seed=8, rank=2, alpha=2.0))
-    pipe.load_lora(style, scale=0.8)
-    pipe.load_lora(negative, scale=0.5, target="unconditional_transformer")
+    pipe.load_lora(style, scale=0.8, merge=merge)
+    pipe.load_lora(negative, scale=0.5, target="unconditional_transformer", merge=merge)
     try:
         with torch.inference_mode():
             conditioning, z = conditioning_and_noise(pipe)
