@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .tabs.compose import ComposeTab
 
 THUMBNAIL_SIDE = 256  # longest side of a thumbnail, in pixels
-OWN_OUTPUTS = ("template_pending", "template_confirm", "template_gallery")
+OWN_OUTPUTS = ("template_pending", "template_confirm", "template_gallery", "template_sidebar")
 
 
 @lru_cache(maxsize=None)
@@ -101,7 +101,7 @@ class TemplateGallery:
         """A "Templates" side panel (collapsed until opened, so it takes no room beside the canvas)
         holding the gallery and the confirm bar, wired to the Compose tab's components (its toolbar's
         template list too, so both apply the size and ask first); call it after those are built."""
-        with gr.Sidebar(label="Templates", open=False, position="left", elem_id="template-sidebar"):
+        with gr.Sidebar(label="Templates", open=False, position="left", elem_id="template-sidebar") as sidebar:
             gr.Markdown("### Templates\nStart from a layout; its size comes with it.")
             with gr.Column(visible=False, elem_id="template-confirm") as bar:
                 text = gr.Markdown(elem_id="template-confirm-text")
@@ -112,6 +112,7 @@ class TemplateGallery:
             ui.add("template_gallery", gr.Gallery(gallery_items(), columns=2, height="auto", allow_preview=False,
                                                   object_fit="contain", show_label=False, format="png",
                                                   elem_id="template-gallery", interactive=False))
+        ui.add("template_sidebar", sidebar)
         ui.add("template_pending", gr.State(None))
         ui.add("template_replace", replace)
         ui.add("template_keep", keep)
@@ -160,5 +161,6 @@ class TemplateGallery:
         out.update(width=width, height=height, size_note=f"{width} × {height} px",
                    aspect=next((label for label, size in ASPECT_PRESETS.items() if size == (width, height)),
                                self.custom_size),
-                   template_pending=None, template_confirm=None, template_gallery=gr.update(selected_index=None))
+                   template_pending=None, template_confirm=None, template_gallery=gr.update(selected_index=None),
+                   template_sidebar=gr.Sidebar(open=False))  # closed again: the studio gets its full width back
         return out

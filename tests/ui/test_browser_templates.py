@@ -49,6 +49,10 @@ def test_the_app_mock_template_makes_the_canvas_portrait(wide_page):
                                       return Math.abs(r.height / r.width - 1360 / 768) < 0.02 }""")
     assert caption(page) == json.loads(template_text("app_ui_mock"))
     assert not page.locator("#template-confirm").is_visible()  # an empty canvas is replaced without asking
+    # the panel closes, and the studio has its whole width again
+    page.wait_for_function("() => !document.querySelector('#template-sidebar').classList.contains('open')")
+    generate = page.get_by_role("button", name="Generate (Ctrl+Enter)").bounding_box()
+    assert generate["x"] + generate["width"] <= 1440 and generate["y"] + generate["height"] <= 900
     screenshot(page, "templates-app-mock-1440x900")
 
 
