@@ -92,7 +92,16 @@ def sent_ops(page) -> list[dict]:
 
 
 def rect(page, selector: str) -> dict:
-    return page.locator(selector).bounding_box()
+    """The element's box once it is laid out: the canvas redraws its handles when the server's answer
+    to a gesture arrives, and an element caught mid-redraw has no box for a moment."""
+    locator = page.locator(selector)
+    for _ in range(50):
+        locator.wait_for(state="visible")
+        box = locator.bounding_box()
+        if box is not None:
+            return box
+        page.wait_for_timeout(100)
+    raise AssertionError(f"{selector} never got a layout box")
 
 
 def overlap(a: dict, b: dict) -> bool:
