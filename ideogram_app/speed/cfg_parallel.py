@@ -382,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
             return failure[0]
         with torch.inference_mode():
             _generate(args, loaded, request, settings, device, rank)
+        # Rank 1 is done after the last step, rank 0 after saving: tearing the group down while the
+        # other rank still holds it can abort gloo's threads ("terminate called"), so meet first.
+        dist.barrier()
         return 0
     finally:
         dist.destroy_process_group()

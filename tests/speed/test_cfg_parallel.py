@@ -182,6 +182,7 @@ def _rank(rank: int, store: str, repo: str, passes: dict, z: torch.Tensor, out: 
         with torch.inference_mode():
             final = denoise(distributed_cfg_velocity(dit, layout, "cpu", text_hidden), z, times(), GUIDANCE)
         torch.save({"z": final, "calls": len(calls)}, Path(out) / f"rank{rank}.pt")
+        dist.barrier()  # both ranks done with every collective before either tears gloo down
     finally:
         dist.destroy_process_group()
 
