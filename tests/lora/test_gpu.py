@@ -3,7 +3,6 @@
 Marked `gpu` and skipped without CUDA; run on the lent GPU machine:
     python -m pytest tests/lora/test_gpu.py -m gpu -q -s
 """
-import statistics
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from ideogram_app.lora.layer import LoraLinear
 from ideogram_app.model.fp8 import Fp8Linear
 from ideogram_app.model.ideogram4_dit import Ideogram4Config, Ideogram4DiT
 from ideogram_app.model.token_layout import build_token_layout
+from tests.fixtures.cuda_timing import median_cuda_ms
 from tests.fixtures.tiny_dit import DIT_FILE, write_tiny_dit
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -85,20 +85,6 @@ def test_lora_beside_nf4_matches_the_dequantised_weights_and_unloads_exactly(tmp
         assert isinstance(layer, bnb.nn.Linear4bit) and torch.equal(layer.weight.data, packed[name])
 
 
-def _median_ms(fn, warmup=2, repeat=7):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def _to_fp8_kept(model):
     """Quantise every Linear row-wise to e4m3 (scale = max|row| / 448) and keep it as Fp8Linear."""
     for name, linear in [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]:
@@ -140,19 +126,19 @@ def test_lora_step_cost_at_real_shapes():
             return model(x, t, None, pos, seg, ind, text_hidden=text_hidden, positions=positions)
 
         rows = {}
-        rows["bf16 base"] = _median_ms(step)
+        rows["bf16 base"] = median_cuda_ms(step)
         apply_lora(model, lora, name="l", merge=True)
-        rows["bf16 merged"] = _median_ms(step)
+        rows["bf16 merged"] = median_cuda_ms(step)
         remove(model)
         apply_lora(model, lora, name="l")
-        rows["bf16 unmerged"] = _median_ms(step)
+        rows["bf16 unmerged"] = median_cuda_ms(step)
         remove(model)
         _to_fp8_kept(model)
         torch.cuda.empty_cache()
-        rows["fp8 base"] = _median_ms(step)
+        rows["fp8 base"] = median_cuda_ms(step)
         apply_lora(model, lora, name="l")
         assert sum(isinstance(m, LoraLinear) for m in model.modules()) == len(lora.modules)
-        rows["fp8 unmerged"] = _median_ms(step)
+        rows["fp8 unmerged"] = median_cuda_ms(step)
         remove(model)
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, 1024², rank 32 on {len(lora.modules)} linears")
     for label, ms in rows.items():

@@ -21,6 +21,7 @@ from ideogram_app.model.ideogram4_dit import Ideogram4Config, Ideogram4DiT
 from ideogram_app.model.token_layout import build_token_layout
 from ideogram_app.pipeline.placement import MemoryPlan
 from ideogram_app.speed.compiled import compile_dit, is_compiled, warm_up
+from tests.fixtures.cuda_timing import median_cuda_ms
 from tests.fixtures.tiny_dit import write_tiny_dit
 from tests.lora import loras
 
@@ -265,20 +266,6 @@ def released_size_dit() -> Ideogram4DiT:
     return dit
 
 
-def cuda_ms(fn, warmup=2, repeat=5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_released_shapes_compiled_against_eager(tmp_path):
@@ -299,10 +286,10 @@ def test_gpu_released_shapes_compiled_against_eager(tmp_path):
         with torch.inference_mode():
             return model(*args, **kwargs)
 
-    eager_ms = {label: cuda_ms(lambda: run(dit, label)) for label in calls}
+    eager_ms = {label: median_cuda_ms(lambda: run(dit, label), repeat=5) for label in calls}
     eager_out = {label: run(dit, label) for label in calls}
     compile_s = warm_up([compile_dit(dit, cache_dir=tmp_path / "cache")], device="cuda", status=print)
-    compiled_ms = {label: cuda_ms(lambda: run(dit, label)) for label in calls}
+    compiled_ms = {label: median_cuda_ms(lambda: run(dit, label), repeat=5) for label in calls}
     compiled_out = {label: run(dit, label) for label in calls}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         run(dit, "cond T=300")

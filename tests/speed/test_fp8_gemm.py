@@ -7,7 +7,6 @@ skipped without CUDA; on the GPU machine:
     python -m pytest tests/speed/test_fp8_gemm.py -m gpu -q -s
 """
 import gc
-import statistics
 import weakref
 
 import pytest
@@ -22,6 +21,7 @@ from ideogram_app.model.fp8 import Fp8Linear
 from ideogram_app.model.ideogram4_dit import Ideogram4Config, Ideogram4DiT
 from ideogram_app.model.token_layout import build_token_layout
 from ideogram_app.speed.fp8_gemm import Fp8GemmLinear, quantize_weight, use_fp8_gemms
+from tests.fixtures.cuda_timing import median_cuda_ms
 from tests.fixtures.tiny_dit import TINY_DIT_SIZES, quantize_fp8_rows, write_tiny_dit
 from tests.lora import loras
 
@@ -548,24 +548,10 @@ def test_gpu_compiled_fast_mode_forward_time_and_error():
             runs = {name: (lambda m=model: m(x, t, None, pos, seg, ind, text_hidden=text))
                     for name, model in (("exact", reference), ("fast", fast))}
             err = rel_err(runs["fast"]()[ind == 2], runs["exact"]()[ind == 2])
-            ms = {name: _cuda_ms(run, warmup=2, repeat=5) for name, run in runs.items()}
+            ms = {name: median_cuda_ms(run, repeat=5) for name, run in runs.items()}
         print(f"\ncompiled, N={pos.shape[1]}: exact {ms['exact']:.1f} ms, fast {ms['fast']:.1f} ms "
               f"({ms['exact'] / ms['fast']:.2f}x); fast vs exact relative error {err:.4f}")
         assert err < 0.1
-
-
-def _cuda_ms(fn, warmup=3, repeat=20):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 @needs_cuda
@@ -597,7 +583,7 @@ def test_gpu_gemm_time_bf16_vs_fp8_with_the_quantisation_compiled():
             f_bf16, f_fp8 = make(linear), make(fast)
             with torch.inference_mode():
                 assert rel_err(f_fp8(a, b), f_bf16(a, b)) < 0.04
-                ms_bf16, ms_fp8 = _cuda_ms(lambda: f_bf16(a, b)), _cuda_ms(lambda: f_fp8(a, b))
+                ms_bf16, ms_fp8 = median_cuda_ms(lambda: f_bf16(a, b), 3, 20), median_cuda_ms(lambda: f_fp8(a, b), 3, 20)
             print(f"{label:6s} {tokens:6d} {ms_bf16:8.3f} {ms_fp8:8.3f} {ms_bf16 / ms_fp8:7.2f}x {2 * tokens * k * n / ms_fp8 / 1e9:11.0f}")
 
 
