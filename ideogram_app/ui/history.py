@@ -206,11 +206,7 @@ class HistoryPanel:
             raise gr.Error(f"This result cannot be varied: {describe_problems(err, {})}") from None
         except (ValueError, ModelNotLoadedError) as err:
             raise gr.Error(str(err)) from None
-        for note in notes:
-            warn(f"LoRAs: {note}")
-        images = run_stoppable(pipe, prepared, loras, self.stops, request, progress)
-        saved = save_results(images, folder)
-        listed = list_results(folder)
+        saved, listed = run_and_save(pipe, prepared, loras, notes, self.stops, folder, request, progress)
         return {"results": listed, "gallery": gallery_items(listed),
                 "history_status": escape(f"Variation: seed {saved[0]['settings']['seed']} (the original has "
                                          f"seed {record['settings'].get('seed')})."),
@@ -283,21 +279,27 @@ class HistoryPanel:
         return by_name[before], by_name[after]
 
 
-def run_stoppable(pipe, prepared, loras, stops: StopSignals, request: gr.Request | None, progress) -> list:
-    """One run of a prepared request in the GPU slot (generation.generate_images), stoppable by the
-    tab's Stop button like Generate; a stopped run or a failure becomes the message."""
+def run_and_save(pipe, prepared, loras, notes: list[str], stops: StopSignals, folder: Path,
+                 request: gr.Request | None, progress) -> tuple[list[dict], list[dict]]:
+    """A new result made from an earlier one (vary, region edit): the LoRA notes shown, one run of the
+    prepared request in the GPU slot (generation.generate_images), stoppable by the tab's Stop button like
+    Generate (a stopped run or a failure becomes the message), saved to `folder`. Returns the saved
+    records and the folder's listing after them."""
+    for note in notes:
+        warn(f"LoRAs: {note}")
     session = request.session_hash if request is not None else "local"
     stop_event = stops.start(session)
     try:
-        return generate_images(pipe, prepared, stop_event=stop_event, loras=loras,
-                               on_step=lambda step, total: progress((step, total), desc=f"step {step}/{total}"))
+        images = generate_images(pipe, prepared, stop_event=stop_event, loras=loras,
+                                 on_step=lambda step, total: progress((step, total), desc=f"step {step}/{total}"))
     except GenerationCancelled:
         raise gr.Error("Stopped; nothing was saved.") from None
     except (ValueError, GenerationFailed) as err:
         raise gr.Error(str(err)) from None
     finally:
         stops.finish(session)
+    saved = save_results(images, folder)
+    return saved, list_results(folder)
 
-
-__all__ = ["HistoryPanel", "NotYourResult", "delete_result", "owned_result", "run_stoppable", "settings_from_record",
+__all__ = ["HistoryPanel", "NotYourResult", "delete_result", "owned_result", "run_and_save", "settings_from_record",
            "zip_results"]

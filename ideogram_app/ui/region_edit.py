@@ -25,12 +25,12 @@ from ideogram_app.limits import Limits
 from ideogram_app.pipeline.settings import SettingsError
 
 from .generation import StopSignals, describe_problems
-from .history import (RESULT_VIEW, NotYourResult, owned_result, run_stoppable, selected_record,
+from .history import (RESULT_VIEW, NotYourResult, owned_result, run_and_save, selected_record,
                       settings_from_record)
 from .loras import restore_selection
 from .markup import escape
 from .model_slot import ModelNotLoadedError, ModelSlot
-from .results import gallery_items, list_results, owner_folder, results_dir, save_results
+from .results import gallery_items, owner_folder, results_dir
 from .wiring import GLUE, GPU, Components, emits, warn
 
 REGION_STRENGTH = 0.8  # the slider's start: new text in a box needs most of the noise back
@@ -193,11 +193,7 @@ class RegionEditPanel:
             raise gr.Error(describe_problems(err, LABELS)) from None
         except (NotYourResult, ValueError, ModelNotLoadedError) as err:
             raise gr.Error(str(err)) from None
-        for note in notes:
-            warn(f"LoRAs: {note}")
-        images = run_stoppable(pipe, prepared, loras, self.stops, request, progress)
-        saved = save_results(images, folder)
-        listed = list_results(folder)
+        saved, listed = run_and_save(pipe, prepared, loras, notes, self.stops, folder, request, progress)
         y0, x0, y1, x1 = box
         return {"results": listed, "gallery": gallery_items(listed),
                 "region_status": escape(f"Regenerated box {index + 1} ([{y0}, {x0}, {y1}, {x1}] of {BBOX_GRID}) "
