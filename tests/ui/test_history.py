@@ -75,7 +75,7 @@ def test_delete_removes_only_that_result_and_its_overlay(folder):
 
 
 def test_paths_outside_the_users_folder_are_refused(folder, tmp_path):
-    other = results_dir(owner_folder("bob"))
+    other = results_dir(owner_folder("dave"))
     (bob,) = fake_results(other, 1)
     (mine,) = fake_results(folder, 1)
     outside = tmp_path / Path(mine["path"]).name
