@@ -103,6 +103,8 @@ def build_pipeline(args):
     plan = MemoryPlan.create(args.memory, devices[0])
     for module in (*dits, text_encoder, vae):
         plan.place(module)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the weights were made on the GPU: offloaded ones leave cached segments behind
     pipe = Ideogram4Pipeline(dits[0], text_encoder, tokenizer, vae, dits[1], plan, model_name="random weights, released shapes")
     if len(devices) == 2:
         pipe.use_devices(devices)
