@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -129,16 +130,21 @@ def compare_choices(results: list[dict]) -> list[tuple[str, str]]:
     return labels
 
 
-class HistoryPanel:
-    """History controls for the Compose tab (see the module docstring). `result_view(results, index)`
-    is the tab's own "show this result" output (selected index, details, overlay)."""
+@dataclass
+class ResultPanel:
+    """What a Compose-tab panel that acts on the selected result needs (this history panel and
+    region_edit.py's): the model, the request limits, the stop signals of running generations, and
+    `result_view(results, index)`, the tab's own "show this result" output (selected index, details,
+    overlay)."""
 
-    def __init__(self, slot: ModelSlot, limits: Limits, stops: StopSignals,
-                 result_view: Callable[[list[dict], int], dict]):
-        self.slot = slot
-        self.limits = limits
-        self.stops = stops
-        self.result_view = result_view
+    slot: ModelSlot
+    limits: Limits
+    stops: StopSignals
+    result_view: Callable[[list[dict], int], dict]
+
+
+class HistoryPanel(ResultPanel):
+    """History controls for the Compose tab (see the module docstring)."""
 
     def build(self, ui: Components) -> None:
         with gr.Accordion("History", open=True, elem_id="history-panel"):

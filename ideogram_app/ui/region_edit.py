@@ -15,21 +15,20 @@ Compose tab's "results", "selected_result" and "browser_id" and updates its gall
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 
 from ideogram_app.caption.bbox import pixels_to_bbox
 from ideogram_app.caption.rules import BBOX_GRID
-from ideogram_app.limits import Limits
 from ideogram_app.pipeline.settings import SettingsError
 
-from .generation import StopSignals, describe_problems
-from .history import (RESULT_VIEW, NotYourResult, owned_result, run_and_save, selected_record,
+from .generation import describe_problems
+from .history import (RESULT_VIEW, NotYourResult, ResultPanel, owned_result, run_and_save, selected_record,
                       settings_from_record)
 from .loras import restore_selection
 from .markup import escape
-from .model_slot import ModelNotLoadedError, ModelSlot
+from .model_slot import ModelNotLoadedError
 from .results import gallery_items, owner_folder, results_dir
 from .wiring import GLUE, GPU, Components, emits, warn
 
@@ -89,15 +88,8 @@ def edited_caption(caption: dict, index: Any, text: str | None, desc: str | None
     return new, list(element["bbox"])
 
 
-class RegionEditPanel:
+class RegionEditPanel(ResultPanel):
     """The region-edit controls for the Compose tab (see the module docstring)."""
-
-    def __init__(self, slot: ModelSlot, limits: Limits, stops: StopSignals,
-                 result_view: Callable[[list[dict], int], dict]):
-        self.slot = slot
-        self.limits = limits
-        self.stops = stops
-        self.result_view = result_view
 
     def build(self, ui: Components) -> None:
         with gr.Accordion("Region edit (selected result)", open=True, elem_id="region-panel"):
