@@ -22,6 +22,7 @@ from ideogram_app.model.token_layout import build_token_layout
 from ideogram_app.pipeline.placement import MemoryPlan
 from ideogram_app.speed.compiled import compile_dit, is_compiled, warm_up
 from tests.fixtures.cuda_timing import median_cuda_ms
+from tests.fixtures.random_dit import scaled_random_dit
 from tests.fixtures.tiny_dit import write_tiny_dit
 from tests.lora import loras
 
@@ -249,21 +250,9 @@ def test_a_second_process_reads_the_compile_cache(files, cache):
 
 
 def released_size_dit() -> Ideogram4DiT:
-    """The released configuration (34 blocks, 9.3 B parameters) with random bf16 weights made on the GPU,
-    scaled so activations stay O(1) through the depth (linears ~ 1/√fan-in, norm weights ~ 1)."""
-    with torch.device("meta"):
-        dit = Ideogram4DiT(Ideogram4Config()).to(torch.bfloat16)
-    dit = dit.to_empty(device="cuda").eval().requires_grad_(False)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    with torch.no_grad():
-        for name, p in dit.named_parameters():
-            if p.dim() == 2 and "embed" not in name:
-                p.normal_(0.0, p.shape[1] ** -0.5, generator=g)
-            elif "norm" in name:
-                p.normal_(1.0, 0.1, generator=g)
-            else:
-                p.normal_(0.0, 0.1, generator=g)
-    return dit
+    """The released configuration (34 blocks, 9.3 B parameters) with scaled random bf16 weights made on
+    the GPU."""
+    return scaled_random_dit(Ideogram4Config(), "cuda").requires_grad_(False)
 
 
 @pytest.mark.gpu

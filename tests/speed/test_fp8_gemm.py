@@ -22,6 +22,7 @@ from ideogram_app.model.ideogram4_dit import Ideogram4Config, Ideogram4DiT
 from ideogram_app.model.token_layout import build_token_layout
 from ideogram_app.speed.fp8_gemm import Fp8GemmLinear, quantize_weight, use_fp8_gemms
 from tests.fixtures.cuda_timing import median_cuda_ms
+from tests.fixtures.random_dit import scaled_random_dit
 from tests.fixtures.tiny_dit import TINY_DIT_SIZES, quantize_fp8_rows, write_tiny_dit
 from tests.lora import loras
 
@@ -438,19 +439,9 @@ def fast_and_reference(cfg: Ideogram4Config, device: str, dtype: torch.dtype = t
     block GEMM weights stored as per-row e4m3 (as released) and held dequantised — what
     `fp8="dequantize"` loads — and the fast DiT sharing every other tensor, its GEMM weights the fp8
     tensors themselves (as `fp8="keep"` loads). Returns (reference, fast)."""
-    with torch.device("meta"):
-        reference = Ideogram4DiT(cfg).to(dtype)
-    reference = reference.to_empty(device=device).eval()
-    g = torch.Generator(device=device).manual_seed(0)
+    reference = scaled_random_dit(cfg, device, dtype)
     fp8 = {}
     with torch.no_grad():
-        for name, p in reference.named_parameters():
-            if p.dim() == 2 and "embed" not in name:
-                p.normal_(0.0, p.shape[1] ** -0.5, generator=g)
-            elif "norm" in name:
-                p.normal_(1.0, 0.1, generator=g)
-            else:
-                p.normal_(0.0, 0.1, generator=g)
         for name in gemm_names(cfg.num_layers):
             layer = reference.get_submodule(name)
             q, scale = quantize_weight(layer.weight)
