@@ -11,12 +11,12 @@ Prints a table: forward (cond / uncond) × implementation, CUDA-event medians in
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
 from ideogram_app.model.ideogram4_dit import Ideogram4Config, Ideogram4DiT
 from ideogram_app.model.token_layout import build_token_layout
+from tests.fixtures.cuda_timing import median_cuda_ms
 
 
 def dit_flops(cfg: Ideogram4Config, length: int, text_tokens: int) -> float:
@@ -25,20 +25,6 @@ def dit_flops(cfg: Ideogram4Config, length: int, text_tokens: int) -> float:
     d, dff = cfg.emb_dim, cfg.intermediate_size
     blocks = cfg.num_layers * (length * 2 * (4 * d * d + 3 * d * dff) + 4 * d * length * length)
     return blocks + text_tokens * 2 * cfg.llm_features_dim * d + length * 2 * (2 * cfg.in_channels * d)
-
-
-def median_ms(fn, warmup: int = 2, repeat: int = 7) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def random_dit(cfg: Ideogram4Config) -> Ideogram4DiT:
@@ -109,10 +95,10 @@ def main() -> None:
     with torch.inference_mode():
         x, feats, pos, seg, ind = inputs(n_text, n_text, full_features=False)
         text_hidden = ours.project_text(feats, ind)
-        ms = median_ms(lambda: ours(x, t, None, pos, seg, ind, text_hidden=text_hidden))
+        ms = median_cuda_ms(lambda: ours(x, t, None, pos, seg, ind, text_hidden=text_hidden))
         rows.append(("ours", f"cond T={n_text}", ms, dit_flops(cfg, n_text + n_img, n_text)))
         xu, _, posu, segu, indu = inputs(0, 0, full_features=False)
-        ms = median_ms(lambda: ours(xu, t, None, posu, segu, indu))
+        ms = median_cuda_ms(lambda: ours(xu, t, None, posu, segu, indu))
         rows.append(("ours", "uncond", ms, dit_flops(cfg, n_img, 0)))
         peak_ours = torch.cuda.max_memory_allocated() / 2**30
 
@@ -126,7 +112,7 @@ def main() -> None:
                 ("uncond", inputs(0, 0, full_features=True), 0),
             )
             for label, (xx, ff, pp, ss, ii), n in cases:
-                ms = median_ms(lambda: theirs(xx.bfloat16(), t.bfloat16(), ff, pp, ss, ii, return_dict=False))
+                ms = median_cuda_ms(lambda: theirs(xx.bfloat16(), t.bfloat16(), ff, pp, ss, ii, return_dict=False))
                 rows.append(("diffusers", label, ms, dit_flops(cfg, n + n_img, n)))
 
     print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  size {args.size}^2  layers {cfg.num_layers}")
