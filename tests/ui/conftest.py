@@ -139,7 +139,10 @@ def browser():
 
 @pytest.fixture
 def page(browser, app_url, request):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    """The app, loaded and live, in a fresh browser context. A test module sets `VIEWPORT` for another
+    window size than 1400 × 1000. `page.js_errors` collects uncaught page errors; a failing test leaves
+    a screenshot."""
+    context = browser.new_context(viewport=getattr(request.module, "VIEWPORT", {"width": 1400, "height": 1000}))
     page = context.new_page()
     page.set_default_timeout(20_000)
     errors: list[str] = []

@@ -7,28 +7,12 @@ import json
 
 import pytest
 
-from tests.ui.conftest import ARTIFACTS, free_port, screenshot
+from tests.ui.conftest import ARTIFACTS, free_port
 
 pytestmark = pytest.mark.browser
 JSON_BOX = "#caption-json textarea"
 CANVAS = "#layout-canvas"
-
-
-@pytest.fixture
-def page(browser, app_url, request):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(app_url)
-    page.locator(f"{CANVAS} .lc-stage").wait_for()
-    page.wait_for_function("() => (document.querySelector('#token-count') || {}).innerText?.includes('tokens')")
-    page.js_errors = errors
-    yield page
-    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-        screenshot(page, f"FAILED-{request.node.name}")
-    context.close()
+VIEWPORT = {"width": 1440, "height": 900}  # conftest's `page` opens this window size
 
 
 def shot(page, name: str) -> None:

@@ -6,19 +6,15 @@ import pytest
 pytestmark = pytest.mark.browser
 SOURCE = "#model-source textarea"
 VARIANT = "#model-variant input"
+VIEWPORT = {"width": 1440, "height": 900}  # conftest's `page` opens this window size
 
 
 @pytest.fixture
-def model_page(browser, app_url):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    page.goto(app_url)
-    page.locator("#layout-canvas .lc-stage").wait_for()
+def model_page(page):
+    """The app's Model tab, open, once it reports the loaded model."""
     page.get_by_role("tab", name="Model").click()
     page.wait_for_function("() => (document.querySelector('#model-status') || {}).innerText?.includes('Loaded')")
-    yield page
-    context.close()
+    return page
 
 
 def type_source(page, text: str) -> None:

@@ -9,21 +9,10 @@ from ideogram_app.caption.templates import template_text
 from tests.ui.conftest import screenshot
 
 pytestmark = pytest.mark.browser
+VIEWPORT = {"width": 1440, "height": 900}  # conftest's `page` opens this window size
 JSON_BOX = "#caption-json textarea"
 MINE = {"compositional_deconstruction": {"background": "My own scene.", "elements": [
     {"type": "obj", "bbox": [100, 100, 500, 500], "desc": "A box I drew myself."}]}}
-
-
-@pytest.fixture
-def wide_page(browser, app_url):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    page.goto(app_url)
-    page.locator("#layout-canvas .lc-stage").wait_for()
-    page.wait_for_function("() => (document.querySelector('#token-count') || {}).innerText?.includes('tokens')")
-    yield page
-    context.close()
 
 
 def open_templates(page) -> None:
@@ -39,8 +28,8 @@ def caption(page) -> dict:
     return json.loads(page.locator(JSON_BOX).input_value())
 
 
-def test_the_app_mock_template_makes_the_canvas_portrait(wide_page):
-    page = wide_page
+def test_the_app_mock_template_makes_the_canvas_portrait(page):
+    page = page
     open_templates(page)
     pick(page, "App UI mock")
     page.wait_for_function("() => document.querySelector('#height input').value === '1360'")
@@ -56,8 +45,8 @@ def test_the_app_mock_template_makes_the_canvas_portrait(wide_page):
     screenshot(page, "templates-app-mock-1440x900")
 
 
-def test_unsaved_work_is_replaced_only_after_confirming(wide_page):
-    page = wide_page
+def test_unsaved_work_is_replaced_only_after_confirming(page):
+    page = page
     box = page.locator(JSON_BOX)
     box.fill(json.dumps(MINE))
     box.press("Tab")
