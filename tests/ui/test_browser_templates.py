@@ -29,7 +29,6 @@ def caption(page) -> dict:
 
 
 def test_the_app_mock_template_makes_the_canvas_portrait(page):
-    page = page
     open_templates(page)
     pick(page, "App UI mock")
     page.wait_for_function("() => document.querySelector('#height input').value === '1360'")
@@ -46,7 +45,6 @@ def test_the_app_mock_template_makes_the_canvas_portrait(page):
 
 
 def test_unsaved_work_is_replaced_only_after_confirming(page):
-    page = page
     box = page.locator(JSON_BOX)
     box.fill(json.dumps(MINE))
     box.press("Tab")
